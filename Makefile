@@ -1,0 +1,36 @@
+# Two commands on a fresh machine with only Python and make:
+#   make train   set up .venv, install, train the default MLP on bundled digits with hand VJPs
+#   make test    set up .venv, install, lint, run the whole test suite (notebooks included)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: train test lint check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/funcbp train $(ARGS)
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check funcbp tests benchmarks
+	$(BIN)/ruff format --check funcbp tests benchmarks
+
+check: $(STAMP)
+	$(BIN)/funcbp check
+
+bench: $(STAMP)
+	$(BIN)/funcbp bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

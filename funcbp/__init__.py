@@ -1,0 +1,1 @@
+"""funcbp: hand-derived backpropagation in JAX."""

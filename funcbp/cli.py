@@ -1,0 +1,76 @@
+"""The ``funcbp`` command: ``funcbp check``, ``funcbp train``. Thin over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_check(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 rows need it; float32 rows are unaffected
+    from rich.console import Console
+    from rich.table import Table
+
+    from funcbp import check
+    from funcbp.ops import REGISTRY
+
+    names = args.ops or list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        print(f"funcbp check: unknown op(s) {unknown}; known: {sorted(REGISTRY)}", file=sys.stderr)
+        return 2
+    reports = check.check_registry(
+        dtypes=("float32", "float64"),
+        seeds=range(args.seeds),
+        ops=[REGISTRY[n] for n in names],
+    )
+    table = Table(title=f"funcbp check: hand VJP vs jax.grad and finite differences "
+                  f"(worst of {args.seeds} random draws)")
+    for col in ("op", "dtype", "vs", "rel error", "max abs", "tol", "", "worst input"):
+        table.add_column(col, justify="right" if col in ("rel error", "max abs", "tol") else "left")
+    for r in reports:
+        table.add_row(
+            r.name,
+            r.dtype,
+            r.b,
+            f"{r.worst_rel:.2e}",
+            f"{r.worst_abs:.2e}",
+            f"{r.tol:.0e}",
+            "[green]pass[/green]" if r.ok else "[red]FAIL[/red]",
+            r.detail,
+        )
+    console = Console()
+    console.print(table)
+    failed = [r for r in reports if not r.ok]
+    console.print(f"{len(reports) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _cmd_train(args) -> int:
+    from funcbp.train_cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="funcbp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="check every op's hand VJP against jax.grad and FD")
+    p.add_argument("--ops", nargs="*", help="only these ops (default: the whole registry)")
+    p.add_argument("--seeds", type=int, default=3, help="random draws per op and dtype")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Differentiable primitives with hand-derived VJPs, each registered in `REGISTRY`.
+
+Every public name here is a `jax.custom_vjp` function (an `Op`): ``ops.linear(x, w, b)`` runs the
+forward and, under `jax.grad`, the hand-written backward. ``ops.linear.autodiff(...)`` runs the
+plain reference instead (gradients by `jax.grad` itself), and ``ops.REGISTRY`` maps each name to
+its `Op` (reference, fwd, bwd, sample) for tests, reports and benchmarks.
+"""
+
+from funcbp.ops._op import REGISTRY as REGISTRY
+from funcbp.ops._op import Op as Op
+from funcbp.ops._op import register as register
+from funcbp.ops.activations import gelu as gelu
+from funcbp.ops.activations import leaky_relu as leaky_relu
+from funcbp.ops.activations import relu as relu
+from funcbp.ops.activations import sigmoid as sigmoid
+from funcbp.ops.activations import tanh as tanh
+from funcbp.ops.linear import linear as linear
+from funcbp.ops.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
+from funcbp.ops.losses import mse as mse
+from funcbp.ops.losses import softmax_cross_entropy as softmax_cross_entropy
+from funcbp.ops.softmax import log_softmax as log_softmax
+from funcbp.ops.softmax import softmax as softmax
+
+__all__ = [
+    "REGISTRY",
+    "Op",
+    "register",
+    "linear",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "softmax",
+    "log_softmax",
+    "mse",
+    "softmax_cross_entropy",
+    "binary_cross_entropy_with_logits",
+]

@@ -1,0 +1,150 @@
+"""The one protocol: an op is a reference forward, a residual-keeping forward and a hand VJP.
+
+`Op` bundles the three pieces with a validator and a sampler of random valid inputs, builds the
+public `jax.custom_vjp` function from them, and `register` puts it in `REGISTRY`, which every
+test, the `funcbp check` report, the notebooks and the benchmarks iterate.
+
+Calling convention shared by all three pieces, for an op with signature
+``name(a1, ..., ak, *, s1=..., sm=...)``:
+
+* the first ``k`` parameters are arrays (differentiable when inexact, e.g. integer labels are not);
+* the remaining parameters are *static* configuration (axis, stride, rate, ...): hashable Python
+  values, passed positionally or by keyword, never traced;
+* ``reference(*arrays, **static) -> out``  plain `jax.numpy`, no custom rule: ground truth;
+* ``fwd(*arrays, **static) -> (out, residuals)``  the same forward, keeping what ``bwd`` needs;
+* ``bwd(residuals, g, **static) -> tuple``  one cotangent per array (``None`` for integer ones);
+* ``validate(*arrays, **static)`` raises a clear error at trace time (shapes/dtypes are static);
+* ``sample(key, dtype) -> (arrays, static)`` random valid inputs of random shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+
+__all__ = ["Op", "REGISTRY", "register"]
+
+REGISTRY: dict[str, Op] = {}
+
+
+def _freeze(value: Any) -> Any:
+    """Make static config hashable: lists become tuples (recursively)."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Op:
+    """A differentiable primitive defined three times, side by side.
+
+    Attributes:
+      name: registry key and the name used in every error message.
+      reference: plain `jax.numpy` forward, differentiated by `jax.grad` as ground truth.
+      fwd: forward returning ``(out, residuals)`` for `jax.custom_vjp`.
+      bwd: hand-derived VJP ``(residuals, g, **static) -> tuple of cotangents``.
+      sample: ``(key, dtype) -> (arrays, static)``: random valid inputs of random shapes.
+      validate: raises ``ValueError``/``TypeError`` naming the op for bad input; may be ``None``.
+      n_arrays: how many leading parameters are arrays; the rest are static config.
+      smooth: whether finite differences are meaningful at sampled points (samplers keep
+        inputs away from kinks; ops that are piecewise-linear are still smooth there).
+      second_order: whether reverse-over-reverse is checked (the hand bwd is differentiable).
+    """
+
+    name: str
+    reference: Callable[..., Any]
+    fwd: Callable[..., Any]
+    bwd: Callable[..., Any]
+    sample: Callable[..., Any]
+    n_arrays: int
+    validate: Callable[..., None] | None = None
+    smooth: bool = True
+    second_order: bool = True
+    doc: str = ""
+
+    def __post_init__(self):
+        params = list(inspect.signature(self.reference).parameters.values())
+        object.__setattr__(self, "_signature", inspect.Signature(params))
+        object.__setattr__(self, "_static_names", tuple(p.name for p in params[self.n_arrays :]))
+        object.__setattr__(self, "_custom", self._build_custom_vjp())
+
+    # -- the public function -------------------------------------------------------------
+    def _build_custom_vjp(self):
+        fwd, bwd, reference = self.fwd, self.bwd, self.reference
+
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+        def custom(static, *arrays):
+            return reference(*arrays, **dict(static))
+
+        def custom_fwd(static, *arrays):
+            return fwd(*arrays, **dict(static))
+
+        def custom_bwd(static, residuals, g):
+            return tuple(bwd(residuals, g, **dict(static)))
+
+        custom.defvjp(custom_fwd, custom_bwd)
+        return custom
+
+    def split(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, tuple]:
+        """Bind a call's arguments: ``(arrays, static)`` with defaults applied, static frozen.
+
+        Raises ``TypeError`` naming the op for unknown or missing arguments.
+        """
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.name}: {e} (signature {self.name}{self._signature})") from None
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        arrays = tuple(values[: self.n_arrays])
+        static = tuple((k, _freeze(bound.arguments[k])) for k in self._static_names)
+        return arrays, static
+
+    def _checked(self, args, kwargs):
+        arrays, static = self.split(args, kwargs)
+        if self.validate is not None:
+            self.validate(*arrays, **dict(static))
+        return arrays, static
+
+    def __call__(self, *args, **kwargs):
+        """Hand path: the `jax.custom_vjp` function whose backward is ``bwd``."""
+        arrays, static = self._checked(args, kwargs)
+        return self._custom(static, *arrays)
+
+    def hand(self, *args, **kwargs):
+        """Same as calling the op: forward of the reference, backward by ``bwd``."""
+        return self(*args, **kwargs)
+
+    def autodiff(self, *args, **kwargs):
+        """Autodiff path: the validated reference, differentiated by `jax.grad` itself."""
+        arrays, static = self._checked(args, kwargs)
+        return self.reference(*arrays, **dict(static))
+
+    def path(self, gradients: str) -> Callable[..., Any]:
+        """``"hand"`` or ``"autodiff"`` -> the matching callable."""
+        if gradients == "hand":
+            return self.hand
+        if gradients == "autodiff":
+            return self.autodiff
+        raise ValueError(f"{self.name}: gradients must be 'hand' or 'autodiff', got {gradients!r}")
+
+    def with_bwd(self, bwd: Callable[..., Any], name: str | None = None) -> Op:
+        """A copy with another backward (used to plant bugs and prove the checker fails)."""
+        return dataclasses.replace(self, bwd=bwd, name=name or self.name)
+
+    def __repr__(self) -> str:
+        return f"Op({self.name}{self._signature})"
+
+
+def register(op: Op) -> Op:
+    """Add ``op`` to `REGISTRY` (names are unique) and return it; ``op(...)`` is the public fn."""
+    if op.name in REGISTRY:
+        raise ValueError(f"register: an op named {op.name!r} is already registered")
+    object.__setattr__(op, "__doc__", op.doc or op.reference.__doc__)
+    REGISTRY[op.name] = op
+    return op

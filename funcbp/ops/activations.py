@@ -1,0 +1,213 @@
+"""Elementwise activations: relu, leaky_relu, sigmoid, tanh, gelu.
+
+For an elementwise ``y = f(x)`` the Jacobian is diagonal, so the VJP is ``dx = g * f'(x)``; each
+op keeps whichever of ``x`` or ``y`` gives ``f'`` most cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+from funcbp.ops import _sample
+from funcbp.ops._checks import require_float
+from funcbp.ops._op import Op, register
+
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
+
+
+def _validate_x(op):
+    def validate(x, **static):
+        require_float(op, "x", x)
+
+    return validate
+
+
+def _sample_away(key, dtype):
+    """Random shape (0-3 dims), values away from 0 so kinks never sit between FD points."""
+    gen = _sample.rng(key)
+    shape = _sample.batch_shape(gen, max_dims=3, max_size=6)
+    return (_sample.away_from_zero(key, shape, dtype, 0.05, 3.0),), {}
+
+
+# -- relu ----------------------------------------------------------------------------------
+def relu_reference(x):
+    """x: any shape -> same.  y = max(x, 0)."""
+    return jnp.maximum(x, 0)
+
+
+def relu_fwd(x):
+    """Keeps the output y: the next layer stores it as its input anyway, so it costs nothing."""
+    y = relu_reference(x)
+    return y, (y,)
+
+
+def relu_bwd(res, g):
+    """dx = g · 1[x > 0], and y > 0 exactly where x > 0 (the gradient at 0 is taken as 0)."""
+    (y,) = res
+    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+relu = register(Op("relu", relu_reference, relu_fwd, relu_bwd, _sample_away, 1, _validate_x("relu")))
+
+
+# -- leaky_relu ----------------------------------------------------------------------------
+def leaky_relu_reference(x, negative_slope=0.01):
+    """x: any shape -> same.  y = x if x > 0 else negative_slope · x."""
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+def leaky_relu_fwd(x, negative_slope=0.01):
+    """Keeps the output y: for negative_slope ≥ 0, y > 0 exactly where x > 0."""
+    y = leaky_relu_reference(x, negative_slope)
+    return y, (y,)
+
+
+def leaky_relu_bwd(res, g, negative_slope=0.01):
+    """dx = g · (1 if x > 0 else negative_slope)."""
+    (y,) = res
+    return (jnp.where(y > 0, g, negative_slope * g),)
+
+
+def _validate_leaky(x, negative_slope=0.01):
+    require_float("leaky_relu", "x", x)
+    if not isinstance(negative_slope, int | float) or not (0 <= negative_slope < math.inf):
+        raise ValueError(
+            f"leaky_relu: negative_slope must be a finite number >= 0, got {negative_slope!r}"
+        )
+
+
+def _sample_leaky(key, dtype):
+    (x,), _ = _sample_away(key, dtype)
+    slope = float(_sample.rng(key).choice([0.0, 0.01, 0.2, 0.5]))
+    return (x,), {"negative_slope": slope}
+
+
+leaky_relu = register(
+    Op(
+        "leaky_relu",
+        leaky_relu_reference,
+        leaky_relu_fwd,
+        leaky_relu_bwd,
+        _sample_leaky,
+        1,
+        _validate_leaky,
+    )
+)
+
+
+# -- sigmoid -------------------------------------------------------------------------------
+def sigmoid_reference(x):
+    """x: any shape -> same.  σ(x) = 1 / (1 + e^{-x})."""
+    return jax.nn.sigmoid(x)
+
+
+def sigmoid_fwd(x):
+    """Keeps the output s: σ'(x) = s (1 − s) needs nothing else."""
+    s = sigmoid_reference(x)
+    return s, (s,)
+
+
+def sigmoid_bwd(res, g):
+    """dx = g · s (1 − s)."""
+    (s,) = res
+    return (g * s * (1 - s),)
+
+
+def _sample_normal(key, dtype):
+    gen = _sample.rng(key)
+    shape = _sample.batch_shape(gen, max_dims=3, max_size=6)
+    return (_sample.normal(key, shape, dtype, scale=2.0),), {}
+
+
+sigmoid = register(
+    Op(
+        "sigmoid",
+        sigmoid_reference,
+        sigmoid_fwd,
+        sigmoid_bwd,
+        _sample_normal,
+        1,
+        _validate_x("sigmoid"),
+    )
+)
+
+
+# -- tanh ----------------------------------------------------------------------------------
+def tanh_reference(x):
+    """x: any shape -> same."""
+    return jnp.tanh(x)
+
+
+def tanh_fwd(x):
+    """Keeps the output t: tanh'(x) = 1 − t²."""
+    t = tanh_reference(x)
+    return t, (t,)
+
+
+def tanh_bwd(res, g):
+    """dx = g · (1 − t²)."""
+    (t,) = res
+    return (g * (1 - t * t),)
+
+
+tanh = register(
+    Op("tanh", tanh_reference, tanh_fwd, tanh_bwd, _sample_normal, 1, _validate_x("tanh"))
+)
+
+
+# -- gelu ----------------------------------------------------------------------------------
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_C = 0.044715
+
+
+def gelu_reference(x, approximate=False):
+    """x: any shape -> same.
+
+    exact:        x Φ(x) = ½ x (1 + erf(x / √2))
+    approximate:  ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))
+    """
+    if approximate:
+        return 0.5 * x * (1 + jnp.tanh(_SQRT_2_OVER_PI * (x + _C * x**3)))
+    return 0.5 * x * (1 + erf(x * _INV_SQRT_2))
+
+
+def gelu_fwd(x, approximate=False):
+    """Keeps x: the derivative needs x itself (recomputing Φ or tanh is cheaper than storing)."""
+    return gelu_reference(x, approximate), (x,)
+
+
+def gelu_bwd(res, g, approximate=False):
+    """exact:  d/dx [x Φ(x)] = Φ(x) + x φ(x),  φ(x) = e^{−x²/2} / √(2π).
+
+    approximate, with u = √(2/π)(x + c x³), t = tanh u:
+      d/dx [½ x (1 + t)] = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3 c x²).
+    """
+    (x,) = res
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _C * x**3))
+        dydx = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _C * x * x)
+    else:
+        cdf = 0.5 * (1 + erf(x * _INV_SQRT_2))
+        pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+        dydx = cdf + x * pdf
+    return (g * dydx,)
+
+
+def _validate_gelu(x, approximate=False):
+    require_float("gelu", "x", x)
+    if not isinstance(approximate, bool):
+        raise TypeError(f"gelu: approximate must be a bool, got {approximate!r}")
+
+
+def _sample_gelu(key, dtype):
+    (x,), _ = _sample_normal(key, dtype)
+    return (x,), {"approximate": bool(_sample.rng(key).integers(0, 2))}
+
+
+gelu = register(Op("gelu", gelu_reference, gelu_fwd, gelu_bwd, _sample_gelu, 1, _validate_gelu))
