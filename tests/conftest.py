@@ -7,8 +7,8 @@ recompiles under jit), ``deep`` (many, for occasional long runs), ``ci`` (= defa
 
 from __future__ import annotations
 
-import itertools
 import os
+import zlib
 
 import jax
 import pytest
@@ -23,13 +23,10 @@ settings.register_profile("ci", max_examples=6, derandomize=True, **_COMMON)
 settings.register_profile("deep", max_examples=200, **_COMMON)
 settings.load_profile(os.environ.get("FUNCBP_HYPOTHESIS", "default"))
 
-_counter = itertools.count()
-
-
 @pytest.fixture
-def key():
-    """A fresh PRNG key per test (deterministic: the n-th key handed out in the session)."""
-    return jax.random.key(next(_counter) + 1234)
+def key(request):
+    """A fresh PRNG key per test, fixed by the test's id (reproducible in any order)."""
+    return jax.random.key(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture
