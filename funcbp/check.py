@@ -151,7 +151,11 @@ def compare(a, b, *, tol: float, name: str = "", a_name="a", b_name="b", dtype="
 
 # -- gradients of an op ----------------------------------------------------------------------
 def _is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    """Differentiable argument? (float arrays yes; integer labels/ids and PRNG keys no)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = jnp.result_type(x)
+    return jnp.issubdtype(dtype, jnp.inexact)
 
 
 def random_cotangent(key, out):
