@@ -281,3 +281,52 @@ def summarise(reports: Sequence[Report]) -> dict[str, Any]:
         col = "fd" if "fd" in (r.a, r.b) else r.dtype
         out.setdefault(r.name, {})[col] = r.worst_rel
     return out
+
+
+# -- models ----------------------------------------------------------------------------------
+def model_gradients(model, params, state, x, y, loss=None, *, source="hand", key=None):
+    """Gradient of ``loss(model(x), y)`` w.r.t. params, by ``source``: ``"hand"`` (custom
+    VJPs), ``"autodiff"`` (`jax.grad` of the references) or ``"explicit"`` (the reverse pass
+    of `funcbp.backprop`, no autodiff). Train mode; jitted."""
+    from funcbp import backprop, ops
+    from funcbp.train import make_loss_fn
+
+    loss = loss if loss is not None else ops.softmax_cross_entropy
+    if source == "explicit":
+        fn = lambda p: backprop.loss_and_grad(model, loss, p, state, x, y, key=key)[1]
+    else:
+        loss_fn = make_loss_fn(model, loss, gradients=source)
+        fn = jax.grad(lambda p: loss_fn(p, state, x, y, key, True)[0])
+    return jax.jit(fn)(params)
+
+
+def check_model(model, params, state, x, y, loss=None, *, name="model", key=None, dtypes=None):
+    """Hand (and explicit) vs autodiff gradients of every parameter, per dtype.
+
+    Returns a list of `Report`s (``a`` = hand or explicit, ``b`` = autodiff), one per dtype in
+    ``dtypes`` (default float32, plus float64 when x64 is enabled); params and float inputs are
+    cast to each dtype. Model-level tolerances are `MODEL_TOLERANCE`.
+    """
+    if dtypes is None:
+        dtypes = ("float32", "float64") if jax.config.jax_enable_x64 else ("float32",)
+    reports = []
+    for dtype in dtypes:
+        cast = lambda t: jax.tree.map(
+            lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, t
+        )
+        p, s, xx, yy = cast(params), cast(state), cast(jnp.asarray(x)), cast(jnp.asarray(y))
+        ref = model_gradients(model, p, s, xx, yy, loss, source="autodiff", key=key)
+        for source in ("hand", "explicit"):
+            try:
+                got = model_gradients(model, p, s, xx, yy, loss, source=source, key=key)
+            except NotImplementedError:
+                continue
+            r = compare(got, ref, tol=MODEL_TOLERANCE[dtype], name=name, a_name=source,
+                        b_name="autodiff", dtype=dtype)
+            reports.append(r)
+    return reports
+
+
+MODEL_TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+"""Whole-model bounds (hand vs autodiff): errors compound over layers, so one notch looser than
+`TOLERANCE` for single ops."""

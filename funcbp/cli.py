@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", nargs="*", help="only these ops (default: the whole registry)")
     p.add_argument("--seeds", type=int, default=3, help="random draws per op and dtype")
     p.set_defaults(func=_cmd_check)
+
+    from funcbp.train_cli import add_arguments
+
+    p = sub.add_parser("train", help="train a model with hand VJPs (default: MLP on digits)")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
