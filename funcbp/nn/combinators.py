@@ -43,4 +43,4 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     def backward(params, tape, dy):
         return backprop.serial_backward(layers, params, tape, dy)
 
-    return Layer(name, init, apply, forward, backward)
+    return Layer(name, init, apply, forward, backward, children=tuple(layers))

@@ -51,6 +51,7 @@ class Layer:
     apply: Callable[..., tuple[Any, Any]]
     forward: Callable[..., tuple[Any, Any, Any]]
     backward: Callable[..., tuple[Any, Any]]
+    children: tuple[Layer, ...] = ()  # the sub-layers of a combinator, in order
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"

@@ -1,0 +1,45 @@
+"""Small shared test helpers: synthetic datasets and random model params."""
+
+from __future__ import annotations
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def toy_classification(seed=0, n_train=96, n_test=40, features=6, classes=3, dtype=np.float32):
+    """Linearly separable-ish Gaussian blobs: a tiny dataset (train/test) with int32 labels."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2.0, (classes, features))
+
+    def draw(n):
+        y = rng.integers(0, classes, n).astype(np.int32)
+        x = (centers[y] + rng.normal(0, 1.0, (n, features))).astype(dtype)
+        return x, y
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return types.SimpleNamespace(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        n_classes=classes,
+        name="toy",
+    )
+
+
+def perturb(params, key, scale=0.1):
+    """Params plus random noise (so no bias is exactly zero in gradient tests)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return treedef.unflatten(
+        [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    )
+
+
+def tree_max_abs_diff(a, b) -> float:
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b))
+    return float(max(diffs)) if diffs else 0.0
