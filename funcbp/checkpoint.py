@@ -72,11 +72,13 @@ def save(path: str | os.PathLike, tree: Any, extra: dict | None = None) -> Path:
     return path
 
 
-def _load(path: Path) -> tuple[dict, Any]:
+def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and CRC-check every entry now (the file is closed on return, even on error)."""
     if not path.exists():
         raise CheckpointError(f"checkpoint: no file at {path}")
     try:
-        data = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            data = {name: npz[name] for name in npz.files}
         meta = json.loads(str(data["__meta__"]))
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
         raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({e})") from None
@@ -115,9 +117,9 @@ def restore(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
                 f"checkpoint: {path} leaf {i} is {np.dtype(dtype)}{tuple(shape)} but the model "
                 f"expects {t.dtype}{t.shape}: another architecture?"
             )
-        try:
-            leaves.append(data[f"leaf_{i:05d}"])
-        except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
-            raise CheckpointError(f"checkpoint: {path} is corrupt or truncated ({e})") from None
+        leaf = data.get(f"leaf_{i:05d}")
+        if leaf is None or leaf.shape != t.shape:
+            raise CheckpointError(f"checkpoint: {path} is corrupt: leaf {i} is missing or damaged")
+        leaves.append(leaf)
     treedef = jax.tree_util.tree_structure(template)
     return jax.tree_util.tree_unflatten(treedef, leaves), meta["extra"]
