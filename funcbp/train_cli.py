@@ -102,7 +102,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        dataset = data.load(args.data, seed=args.seed)
+        split = {"seed": args.seed} if args.data == "digits" else {}  # the split of digits
+        dataset = data.load(args.data, **split)
     except (ValueError, TypeError, OSError) as e:
         print(f"funcbp train: {e}", file=sys.stderr)
         return 2
