@@ -71,17 +71,37 @@ def relative_error(a, b) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class LeafError:
-    """One leaf of a gradient tree compared: where, how far apart, and the verdict."""
+    """One leaf of a gradient tree compared: where, how far apart, and the verdict.
+
+    ``rel`` is ‖a − b‖ / ‖b‖ for the leaf. A leaf whose reference gradient is *negligible* —
+    ‖b‖ ≤ tol · ‖B‖ with ‖B‖ the norm of the whole reference tree (e.g. a conv bias followed
+    by batch norm, whose true gradient is exactly 0, so both sides are rounding noise) — has no
+    meaningful relative error; it is judged by ‖a − b‖ / ‖B‖ instead (``err``).
+    """
 
     path: str
     shape: tuple[int, ...]
     max_abs: float
     rel: float
     tol: float
+    abs_norm: float = 0.0  # ‖a − b‖
+    ref_norm: float = 0.0  # ‖b‖ of this leaf
+    tree_norm: float = 0.0  # ‖B‖ of the whole reference tree
+
+    @property
+    def negligible(self) -> bool:
+        return self.ref_norm <= self.tol * self.tree_norm
+
+    @property
+    def err(self) -> float:
+        """The error the verdict uses: relative, or relative to the tree for negligible leaves."""
+        if self.negligible and self.tree_norm > 0:
+            return self.abs_norm / self.tree_norm
+        return self.rel
 
     @property
     def ok(self) -> bool:
-        return bool(np.isfinite(self.rel) and self.rel <= self.tol)
+        return bool(np.isfinite(self.err) and self.err <= self.tol)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +121,9 @@ class Report:
 
     @property
     def worst_rel(self) -> float:
-        return max((leaf.rel for leaf in self.leaves), default=0.0)
+        """The largest error over leaves (`LeafError.err`: relative, or tree-relative for leaves
+        whose reference gradient is negligible)."""
+        return max((leaf.err for leaf in self.leaves), default=0.0)
 
     @property
     def worst_abs(self) -> float:
@@ -128,6 +150,9 @@ def compare(a, b, *, tol: float, name: str = "", a_name="a", b_name="b", dtype="
     b_leaves, b_def = jax.tree_util.tree_flatten_with_path(b)
     if a_def != b_def:
         raise ValueError(f"compare {name}: gradient trees differ in structure: {a_def} vs {b_def}")
+    tree_norm = float(
+        np.sqrt(sum(np.sum(np.asarray(y, np.float64) ** 2) for _, y in b_leaves))
+    )
     leaves = []
     for (path, x), (_, y) in zip(a_leaves, b_leaves, strict=True):
         if np.shape(x) != np.shape(y):
@@ -143,6 +168,9 @@ def compare(a, b, *, tol: float, name: str = "", a_name="a", b_name="b", dtype="
                 max_abs=float(diff.max()) if diff.size else 0.0,
                 rel=relative_error(x, y),
                 tol=tol,
+                abs_norm=float(np.linalg.norm(diff.ravel())),
+                ref_norm=float(np.linalg.norm(np.asarray(y, np.float64).ravel())),
+                tree_norm=tree_norm,
             )
         )
     dtype = dtype or (str(np.asarray(b_leaves[0][1]).dtype) if b_leaves else "")

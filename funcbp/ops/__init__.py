@@ -14,10 +14,15 @@ from funcbp.ops.activations import leaky_relu as leaky_relu
 from funcbp.ops.activations import relu as relu
 from funcbp.ops.activations import sigmoid as sigmoid
 from funcbp.ops.activations import tanh as tanh
+from funcbp.ops.attention import attention as attention
 from funcbp.ops.linear import linear as linear
 from funcbp.ops.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
 from funcbp.ops.losses import mse as mse
 from funcbp.ops.losses import softmax_cross_entropy as softmax_cross_entropy
+from funcbp.ops.recurrent import lstm as lstm
+from funcbp.ops.recurrent import lstm_cell as lstm_cell
+from funcbp.ops.recurrent import rnn as rnn
+from funcbp.ops.recurrent import rnn_cell as rnn_cell
 from funcbp.ops.softmax import log_softmax as log_softmax
 from funcbp.ops.softmax import softmax as softmax
 
@@ -36,4 +41,9 @@ __all__ = [
     "mse",
     "softmax_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "rnn_cell",
+    "lstm_cell",
+    "rnn",
+    "lstm",
+    "attention",
 ]

@@ -1,0 +1,158 @@
+"""Recurrent layers over batch-major sequences (N, T, D), with an explicit BPTT engine.
+
+``apply`` runs `funcbp.ops.rnn` / `funcbp.ops.lstm` (a `lax.scan` of the custom-VJP cell: JAX's
+scan transpose calls the hand cell ``bwd`` once per step). ``forward``/``backward`` are the
+explicit engine's backpropagation through time: a scan of the cells' ``fwd`` that stacks each
+step's residuals, then a *reverse* scan of the cells' ``bwd`` that carries dL/dh (and dL/dc)
+from step t to step t−1 and sums the weight gradients over time — no autodiff involved.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from funcbp.nn.core import Layer, check_gradients
+from funcbp.nn.layers import variance_scaling
+from funcbp.ops.recurrent import (
+    lstm,
+    lstm_cell_bwd,
+    lstm_cell_fwd,
+    rnn,
+    rnn_cell_bwd,
+    rnn_cell_fwd,
+)
+
+__all__ = ["RNN", "LSTM"]
+
+
+def _check_input(name, input_shape):
+    if len(input_shape) != 2:
+        raise ValueError(f"{name}: input must be (T, D) per example, got {input_shape}")
+
+
+def _outputs(hs_tm, h_last, return_sequences):
+    """Time-major hidden states (T, N, H) -> (N, T, H), or the last one (N, H)."""
+    return jnp.swapaxes(hs_tm, 0, 1) if return_sequences else h_last
+
+
+def _seed(dy, shape_tm, return_sequences):
+    """dL/dh_t for every t, time-major: dy itself, or zeros but for the last step."""
+    if return_sequences:
+        return jnp.swapaxes(dy, 0, 1)
+    return jnp.zeros(shape_tm, dy.dtype).at[-1].set(dy)
+
+
+def RNN(hidden: int, *, return_sequences: bool = True) -> Layer:
+    """Elman RNN, h_t = tanh(x_t Wx + h_{t−1} Wh + b), h_0 = 0: (N, T, D) -> (N, T, H)
+    (or (N, H), the last state, with ``return_sequences=False``).
+    Params ``{"wx": (D, H), "wh": (H, H), "b": (H,)}``, LeCun-initialised (tanh)."""
+
+    def init(key, input_shape, dtype):
+        _check_input("RNN", input_shape)
+        k1, k2 = jax.random.split(key)
+        params = {
+            "wx": variance_scaling(k1, (input_shape[-1], hidden), dtype, "lecun"),
+            "wh": variance_scaling(k2, (hidden, hidden), dtype, "lecun"),
+            "b": jnp.zeros((hidden,), dtype),
+        }
+        out = (input_shape[0], hidden) if return_sequences else (hidden,)
+        return out, params, {}
+
+    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
+        check_gradients(gradients)
+        xs = jnp.swapaxes(x, 0, 1)  # (T, N, D)
+        h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
+        hs, h_last = rnn(xs, h0, params["wx"], params["wh"], params["b"], gradients=gradients)
+        return _outputs(hs, h_last, return_sequences), state
+
+    def forward(params, state, x, *, key=None, train=False):
+        wx, wh, b = params["wx"], params["wh"], params["b"]
+        xs = jnp.swapaxes(x, 0, 1)  # (T, N, D)
+
+        def step(h, x_t):
+            h_new, (x_r, h_r, _, _, hn_r) = rnn_cell_fwd(x_t, h, wx, wh, b)
+            return h_new, (h_new, (x_r, h_r, hn_r))  # weights are not stacked per step
+
+        h_last, (hs, res) = jax.lax.scan(step, jnp.zeros((x.shape[0], hidden), x.dtype), xs)
+        return _outputs(hs, h_last, return_sequences), state, (res, hs.shape)
+
+    def backward(params, residuals, dy):
+        (xs, hs_prev, hs_new), shape_tm = residuals
+        wx, wh = params["wx"], params["wh"]
+
+        def step(carry, inputs):
+            dh_next, dwx, dwh, db = carry
+            (x_t, h_t, hn_t), dh_out = inputs
+            dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd((x_t, h_t, wx, wh, hn_t), dh_out + dh_next)
+            return (dh, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
+
+        zeros = (jnp.zeros(shape_tm[1:], dy.dtype), jnp.zeros_like(wx), jnp.zeros_like(wh),
+                 jnp.zeros_like(params["b"]))
+        (_, dwx, dwh, db), dxs = jax.lax.scan(
+            step, zeros, ((xs, hs_prev, hs_new), _seed(dy, shape_tm, return_sequences)),
+            reverse=True,
+        )
+        return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
+
+    return Layer(f"rnn{hidden}", init, apply, forward, backward)
+
+
+def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0) -> Layer:
+    """LSTM (gates i, f, o, g), h_0 = c_0 = 0: (N, T, D) -> (N, T, H) (or (N, H)).
+    Params ``{"wx": (D, 4H), "wh": (H, 4H), "b": (4H,)}``; the forget gate's bias starts at
+    ``forget_bias`` (1: remember by default, the usual advice)."""
+
+    def init(key, input_shape, dtype):
+        _check_input("LSTM", input_shape)
+        k1, k2 = jax.random.split(key)
+        b = jnp.zeros((4 * hidden,), dtype).at[hidden : 2 * hidden].set(forget_bias)
+        params = {
+            "wx": variance_scaling(k1, (input_shape[-1], 4 * hidden), dtype, "lecun"),
+            "wh": variance_scaling(k2, (hidden, 4 * hidden), dtype, "lecun"),
+            "b": b,
+        }
+        out = (input_shape[0], hidden) if return_sequences else (hidden,)
+        return out, params, {}
+
+    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
+        check_gradients(gradients)
+        xs = jnp.swapaxes(x, 0, 1)
+        h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
+        hs, (h_last, _) = lstm(xs, h0, h0, params["wx"], params["wh"], params["b"],
+                               gradients=gradients)
+        return _outputs(hs, h_last, return_sequences), state
+
+    def forward(params, state, x, *, key=None, train=False):
+        wx, wh, b = params["wx"], params["wh"], params["b"]
+        xs = jnp.swapaxes(x, 0, 1)
+
+        def step(carry, x_t):
+            h, c = carry
+            (h_new, c_new), res = lstm_cell_fwd(x_t, h, c, wx, wh, b)
+            per_step = res[:3] + res[5:]  # drop wx, wh (res[3], res[4]): saved once, not T times
+            return (h_new, c_new), (h_new, per_step)
+
+        h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
+        (h_last, _), (hs, res) = jax.lax.scan(step, (h0, h0), xs)
+        return _outputs(hs, h_last, return_sequences), state, (res, hs.shape)
+
+    def backward(params, residuals, dy):
+        res, shape_tm = residuals
+        wx, wh = params["wx"], params["wh"]
+
+        def step(carry, inputs):
+            dh_next, dc_next, dwx, dwh, db = carry
+            r, dh_out = inputs
+            full = r[:3] + (wx, wh) + r[3:]
+            dx, dh, dc, dwx_t, dwh_t, db_t = lstm_cell_bwd(full, (dh_out + dh_next, dc_next))
+            return (dh, dc, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
+
+        z = jnp.zeros(shape_tm[1:], dy.dtype)
+        zeros = (z, z, jnp.zeros_like(wx), jnp.zeros_like(wh), jnp.zeros_like(params["b"]))
+        (_, _, dwx, dwh, db), dxs = jax.lax.scan(
+            step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
+        )
+        return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
+
+    return Layer(f"lstm{hidden}", init, apply, forward, backward)
