@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcbp import checkpoint, ops
+from funcbp import checkpoint, distributed, ops
 from funcbp.nn.core import Layer
 from funcbp.ops import Op
 from funcbp.train import make_eval_fn, make_multi_step, make_train_step
@@ -112,27 +112,37 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[int, dict], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` (``x_train, y_train, x_test, y_test``, e.g. `funcbp.data`).
 
     Shuffled mini-batches of ``batch_size`` (the last partial batch of an epoch is dropped, so
-    every step has the same shape and compiles once), evaluation on the test split after each
+    every step has the same shape and compiles once; float inputs are cast to ``dtype``, the
+    params' dtype), evaluation on the test split after each
     epoch, ``out_dir/checkpoint.npz`` written atomically after each epoch (with the history),
     ``resume=True`` continuing from it. ``steps_per_call=k`` fuses k steps per dispatch
     (`make_multi_step`). Raises `NonFiniteError` when a step meets NaN/Inf: the params of that
     epoch are discarded and the last checkpoint is left as it was.
+
+    ``mesh`` (`funcbp.distributed.make_mesh`): shard every batch over its ``"data"`` axis and
+    replicate the params (2-D weights split over ``"model"`` when that axis is wider than 1);
+    the step is the same jitted function, XLA reduces the gradients. ``batch_size`` must divide
+    by the data axis.
     """
     if epochs < 0 or batch_size < 1 or steps_per_call < 1:
         raise ValueError(
             f"fit: need epochs >= 0, batch_size >= 1, steps_per_call >= 1; got {epochs}, "
             f"{batch_size}, {steps_per_call}"
         )
-    x_train, y_train = np.asarray(data.x_train), np.asarray(data.y_train)
-    x_test, y_test = np.asarray(data.x_test), np.asarray(data.y_test)
+    as_model = lambda a: a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a
+    x_train, y_train = as_model(np.asarray(data.x_train)), np.asarray(data.y_train)
+    x_test, y_test = as_model(np.asarray(data.x_test)), np.asarray(data.y_test)
     n = len(x_train)
     if batch_size > n:
         raise ValueError(f"fit: batch_size {batch_size} exceeds the {n} training examples")
     steps_per_epoch = n // batch_size
+    if mesh is not None:
+        distributed.check_batch_divisible(batch_size, mesh)
 
     _, k_train = _keys(seed)
     if params is None:
@@ -152,6 +162,21 @@ def fit(
         log(f"resumed from {ckpt} after epoch {start_epoch}")
     elif resume and ckpt is not None:
         log(f"no checkpoint at {ckpt}: starting from scratch")
+
+    if mesh is not None:
+        params = distributed.shard_params(params, mesh, distributed.param_shardings(params, mesh))
+        # the optimizer state (fresh or restored) takes the layout its init gives sharded params
+        layout = jax.tree.map(
+            lambda a: a.sharding
+            if isinstance(a.sharding, jax.sharding.NamedSharding)
+            else distributed.replicated(mesh),  # scalars (step counts) land on one device
+            jax.jit(optimizer.init)(params),
+        )
+        opt_state = jax.device_put(opt_state, layout)
+        state = distributed.shard_params(state, mesh)
+    place = (lambda b, lead=0: distributed.shard_batch(b, mesh, leading=lead)) if mesh else (
+        lambda b, lead=0: b
+    )
 
     single = make_train_step(model, optimizer, loss=loss, gradients=gradients, engine=engine)
     multi = None
@@ -177,7 +202,7 @@ def fit(
                 k = steps_per_call if multi is not None else 1
                 if k > 1 and s + k <= steps_per_epoch:
                     b = idx[s : s + k]
-                    batch = (x_train[b], y_train[b])
+                    batch = place((x_train[b], y_train[b]), 1)
                     params, opt_state, state, m = multi(
                         params, opt_state, state, batch, step_keys[s : s + k]
                     )
@@ -186,7 +211,7 @@ def fit(
                     k = 1
                     b = idx[s]
                     params, opt_state, state, m = single(
-                        params, opt_state, state, (x_train[b], y_train[b]), step_keys[s]
+                        params, opt_state, state, place((x_train[b], y_train[b])), step_keys[s]
                     )
                     metrics.append(jax.tree.map(lambda a: a[None], m))
                 s += k

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
 
@@ -37,6 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--devices", type=int, default=None,
+                   help="shard each batch over N devices (default: all local devices; on CPU "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)")
+    p.add_argument("--model-parallel", type=int, default=1,
+                   help="devices per model-parallel group: 2-D weights split over them")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() first (see README)")
 
 
 def _optimizer(args):
@@ -57,6 +64,8 @@ def _optimizer(args):
 def _model(args, n_classes):
     from funcbp import nn
 
+    if args.model == "cnn":
+        return nn.cnn(n_classes)
     return nn.mlp([*args.hidden, n_classes], activation=args.activation)
 
 
@@ -89,11 +98,13 @@ def run(args) -> int:
 
     import jax
 
+    if args.distributed:
+        jax.distributed.initialize()  # reads the coordinator/process env of the launcher
     jax.config.update("jax_enable_x64", True)  # for the float64 gradient check; training is f32
     import jax.numpy as jnp
     import numpy as np
 
-    from funcbp import check, data, fit
+    from funcbp import check, data, distributed, fit
 
     t_start = time.perf_counter()
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -102,19 +113,31 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        split = {"seed": args.seed} if args.data == "digits" else {}  # the split of digits
-        dataset = data.load(args.data, **split)
+        kw = {"image": args.model == "cnn"}  # NHWC images for the CNN, flat vectors for the MLP
+        if args.data == "digits":
+            kw["seed"] = args.seed  # the seed of the stratified split
+        dataset = data.load(args.data, **kw)
     except (ValueError, TypeError, OSError) as e:
         print(f"funcbp train: {e}", file=sys.stderr)
         return 2
     model = _model(args, dataset.n_classes)
     optimizer = _optimizer(args)
+    try:
+        n_devices = args.devices or len(jax.devices())
+        mesh = None
+        if n_devices > 1 or args.model_parallel > 1:
+            mesh = distributed.make_mesh(n_devices, model=args.model_parallel)
+            distributed.check_batch_divisible(args.batch_size, mesh, "funcbp train")
+    except ValueError as e:
+        print(f"funcbp train: {e}", file=sys.stderr)
+        return 2
 
     # Gradient check on one batch before training: hand (and explicit) vs jax.grad of refs.
     params, state = fit.init_model(model, args.seed, dataset.x_train.shape[1:], jnp.float32)
     xb = dataset.x_train[: args.batch_size]
     yb = dataset.y_train[: args.batch_size]
-    reports = check.check_model(model, params, state, xb, yb, name=args.model)
+    check_key = jax.random.key(args.seed)  # dropout masks in the check (same for all paths)
+    reports = check.check_model(model, params, state, xb, yb, name=args.model, key=check_key)
     grad_check = {}
     for r in reports:
         grad_check[f"{r.a}_vs_autodiff_{r.dtype}"] = {
@@ -135,7 +158,7 @@ def run(args) -> int:
             model, dataset, optimizer=optimizer, epochs=args.epochs,
             batch_size=args.batch_size, seed=args.seed, gradients=args.gradients,
             engine=args.engine, out_dir=out, resume=args.resume,
-            steps_per_call=args.steps_per_call, progress=not args.no_progress,
+            steps_per_call=args.steps_per_call, progress=not args.no_progress, mesh=mesh,
         )
     except fit.NonFiniteError as e:
         print(f"funcbp train: {e}", file=sys.stderr)
@@ -164,6 +187,8 @@ def run(args) -> int:
         "gradient_check": grad_check,
         "versions": {"jax": jax.__version__, "numpy": np.__version__},
         "device": str(jax.devices()[0]),
+        "devices": n_devices,
+        "mesh": dict(mesh.shape) if mesh is not None else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
