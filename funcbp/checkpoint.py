@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "save", "restore", "read_extra"]
+__all__ = ["CheckpointError", "save", "restore", "read_extra", "remove_stale_temporaries"]
 
 FORMAT = "funcbp-checkpoint-1"
 
@@ -70,6 +70,18 @@ def save(path: str | os.PathLike, tree: Any, extra: dict | None = None) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a killed `save` of ``path`` left behind; returns what it removed.
+
+    Call it only when no other process is writing this checkpoint (e.g. at the start of a run).
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.exists() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

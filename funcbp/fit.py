@@ -153,6 +153,9 @@ def fit(
 
     ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     history, start_epoch, resumed_from = _empty_history(), 0, None
+    if ckpt is not None:
+        for stale in checkpoint.remove_stale_temporaries(ckpt):
+            log(f"removed {stale.name}, left by an interrupted checkpoint write")
     if resume and ckpt is not None and ckpt.exists():
         template = {"params": params, "opt_state": opt_state, "state": state}
         tree, extra = checkpoint.restore(ckpt, template)

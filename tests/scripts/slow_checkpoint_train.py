@@ -1,0 +1,24 @@
+"""`funcbp train` with a checkpoint write that pauses between writing the temporary file and
+the atomic rename, announcing it on stdout: the fault test SIGKILLs the process right there."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from funcbp import checkpoint, cli
+
+_replace = os.replace
+
+
+def slow_replace(src, dst):
+    print("CHECKPOINT-WRITE", flush=True)
+    time.sleep(float(os.environ.get("PAUSE", "3")))
+    _replace(src, dst)
+
+
+checkpoint.os.replace = slow_replace
+
+if __name__ == "__main__":
+    sys.exit(cli.main(sys.argv[1:]))
