@@ -46,6 +46,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multi-host: call jax.distributed.initialize() first (see README)")
 
 
+def validate_args(args) -> None:
+    """Reject nonsensical settings before any work: ValueError naming the option."""
+    import math
+
+    checks = [
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),  # NaN fails too; inf may diverge
+        (math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+         f"--weight-decay must be a finite number >= 0, got {args.weight_decay}"),
+        (args.steps_per_call >= 1, f"--steps-per-call must be >= 1, got {args.steps_per_call}"),
+        (all(h >= 1 for h in args.hidden), f"--hidden widths must be >= 1, got {args.hidden}"),
+        (args.devices is None or args.devices >= 1, f"--devices must be >= 1, got {args.devices}"),
+        (args.model_parallel >= 1, f"--model-parallel must be >= 1, got {args.model_parallel}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    from funcbp.nn.models import ACTIVATIONS
+
+    if args.activation not in ACTIVATIONS:
+        raise ValueError(f"--activation must be one of {sorted(ACTIVATIONS)}, got {args.activation!r}")
+
+
 def _optimizer(args):
     import optax
 
@@ -107,6 +131,11 @@ def run(args) -> int:
     from funcbp import check, data, distributed, fit
 
     t_start = time.perf_counter()
+    try:
+        validate_args(args)
+    except ValueError as e:
+        print(f"funcbp train: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if args.resume and args.out is None:
         print("funcbp train: --resume needs --out (the folder of the run to continue)",

@@ -101,3 +101,43 @@ def test_console_script_help():
 def test_digits_default_loads():
     d = data.load("digits", seed=0)
     assert d.x_train.shape[1] == 64 and d.n_classes == 10
+
+
+# -- fuzzing the arguments: every combination parses and validates, or fails with a clear error
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALUES = {
+    "--epochs": st.sampled_from(["-1", "0", "3", "x", "1e9"]),
+    "--batch-size": st.sampled_from(["0", "-5", "32", "1.5", ""]),
+    "--lr": st.sampled_from(["0", "-0.1", "nan", "inf", "0.01", "abc"]),
+    "--weight-decay": st.sampled_from(["-1", "nan", "0", "1e-4", "inf"]),
+    "--optimizer": st.sampled_from(["sgd", "adam", "rmsprop", ""]),
+    "--gradients": st.sampled_from(["hand", "autodiff", "numeric"]),
+    "--model": st.sampled_from(["mlp", "cnn", "resnet"]),
+    "--hidden": st.sampled_from(["16", "0", "-3", "a"]),
+    "--activation": st.sampled_from(["relu", "tanh", "swish"]),
+    "--steps-per-call": st.sampled_from(["0", "1", "4"]),
+    "--devices": st.sampled_from(["0", "1", "-2"]),
+}
+
+
+@settings(max_examples=300)  # pure Python, no compilation: cheap to fuzz widely
+@given(st.dictionaries(st.sampled_from(sorted(_VALUES)), st.just(None), max_size=6).flatmap(
+    lambda keys: st.fixed_dictionaries({k: _VALUES[k] for k in keys})))
+def test_fuzzed_arguments_parse_or_fail_cleanly(options):
+    from funcbp.train_cli import validate_args
+
+    argv = ["train"]
+    for k, v in options.items():
+        argv += [k, v]
+    parser = cli.build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage message on stderr, exit status 2
+        assert e.code == 2
+        return
+    try:
+        validate_args(args)
+    except ValueError as e:
+        assert str(e).startswith("--")  # names the option
