@@ -18,6 +18,7 @@ jittable (the tape is a pytree of arrays plus static Python values).
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 

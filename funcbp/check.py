@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcbp.ops import REGISTRY, Op
+from funcbp.ops import REGISTRY, Op, _sample
 
 __all__ = [
     "FD_TOLERANCE",
@@ -150,9 +150,7 @@ def compare(a, b, *, tol: float, name: str = "", a_name="a", b_name="b", dtype="
     b_leaves, b_def = jax.tree_util.tree_flatten_with_path(b)
     if a_def != b_def:
         raise ValueError(f"compare {name}: gradient trees differ in structure: {a_def} vs {b_def}")
-    tree_norm = float(
-        np.sqrt(sum(np.sum(np.asarray(y, np.float64) ** 2) for _, y in b_leaves))
-    )
+    tree_norm = float(np.sqrt(sum(np.sum(np.asarray(y, np.float64) ** 2) for _, y in b_leaves)))
     leaves = []
     for (path, x), (_, y) in zip(a_leaves, b_leaves, strict=True):
         if np.shape(x) != np.shape(y):
@@ -187,11 +185,28 @@ def _is_float(x) -> bool:
 
 
 def random_cotangent(key, out):
-    """A random normal cotangent with the structure, shapes and dtypes of ``out`` (never ones)."""
+    """A random normal cotangent with the structure, shapes and dtypes of ``out`` (never ones).
+
+    ``out`` may hold arrays or `jax.ShapeDtypeStruct` leaves (from `jax.eval_shape`). For a
+    concrete key the values are drawn on the host by NumPy (seeded by the key): `jax.random`
+    would compile a program for every new shape, which dominated the cost of checking ops at
+    random shapes. Under tracing (a traced key) `jax.random` is used instead.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(out)
-    keys = jax.random.split(key, len(leaves))
+    if isinstance(key, jax.core.Tracer):
+        keys = jax.random.split(key, len(leaves))
+        return treedef.unflatten(
+            [
+                jax.random.normal(k, jnp.shape(o), jnp.result_type(o))
+                for k, o in zip(keys, leaves, strict=True)
+            ]
+        )
+    gen = _sample.rng(key)
     return treedef.unflatten(
-        [jax.random.normal(k, jnp.shape(o), jnp.result_type(o)) for k, o in zip(keys, leaves)]
+        [
+            jnp.asarray(np.asarray(gen.standard_normal(jnp.shape(o)), jnp.result_type(o)))
+            for o in leaves
+        ]
     )
 
 
@@ -200,7 +215,8 @@ def _pairing(fn: Callable, static: dict, cotangent) -> Callable:
 
     def loss(*arrays):
         out = fn(*arrays, **static)
-        pairs = zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(cotangent))
+        leaves = jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(cotangent)
+        pairs = zip(*leaves, strict=True)
         return sum(jnp.vdot(o, u) for o, u in pairs)
 
     return loss
@@ -266,6 +282,12 @@ def check_op(op: Op, key, dtype=jnp.float64, a="hand", b="autodiff") -> Report:
     """Draw random inputs for ``op`` (its ``sample``) and a random cotangent; compare ``a``
     against ``b``. Tolerance: `FD_TOLERANCE` when either side is ``"fd"``, else `TOLERANCE`."""
     dtype = jnp.dtype(dtype)
+    table = FD_TOLERANCE if "fd" in (a, b) else TOLERANCE
+    if dtype.name not in table:
+        raise ValueError(
+            f"check_op {op.name}: no tolerance for {a} vs {b} in {dtype.name} "
+            f"(have {sorted(table)}; finite differences need float64)"
+        )
     if dtype == jnp.float64 or "fd" in (a, b):
         require_x64()
     k_sample, k_cot = jax.random.split(key)
@@ -275,7 +297,6 @@ def check_op(op: Op, key, dtype=jnp.float64, a="hand", b="autodiff") -> Report:
     cot = random_cotangent(k_cot, out)
     ga = op_gradients(op, arrays, static, cot, a)
     gb = op_gradients(op, arrays, static, cot, b)
-    table = FD_TOLERANCE if "fd" in (a, b) else TOLERANCE
     report = compare(ga, gb, tol=table[dtype.name], name=op.name, a_name=a, b_name=b)
     return dataclasses.replace(report, dtype=dtype.name, detail=_describe(arrays, static))
 
@@ -290,6 +311,9 @@ def check_registry(
 
     Finite differences are only meaningful in float64; pairs with ``"fd"`` skip float32.
     """
+    seeds, dtypes, pairs = list(seeds), list(dtypes), list(pairs)  # iterated once per op
+    if not seeds:
+        raise ValueError("check_registry: seeds must not be empty (one random draw at least)")
     reports = []
     for op in ops if ops is not None else REGISTRY.values():
         for dtype in dtypes:
@@ -339,7 +363,7 @@ def check_model(model, params, state, x, y, loss=None, *, name="model", key=None
         dtypes = ("float32", "float64") if jax.config.jax_enable_x64 else ("float32",)
     reports = []
     for dtype in dtypes:
-        cast = lambda t: jax.tree.map(
+        cast = lambda t, dtype=dtype: jax.tree.map(
             lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, t
         )
         p, s, xx, yy = cast(params), cast(state), cast(jnp.asarray(x)), cast(jnp.asarray(y))
@@ -349,8 +373,15 @@ def check_model(model, params, state, x, y, loss=None, *, name="model", key=None
                 got = model_gradients(model, p, s, xx, yy, loss, source=source, key=key)
             except NotImplementedError:
                 continue
-            r = compare(got, ref, tol=MODEL_TOLERANCE[dtype], name=name, a_name=source,
-                        b_name="autodiff", dtype=dtype)
+            r = compare(
+                got,
+                ref,
+                tol=MODEL_TOLERANCE[dtype],
+                name=name,
+                a_name=source,
+                b_name="autodiff",
+                dtype=dtype,
+            )
             reports.append(r)
     return reports
 

@@ -123,7 +123,8 @@ def restore(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
             f"or optimizer?\n  file:  {meta['treedef'][:300]}\n  model: {t_meta['treedef'][:300]}"
         )
     leaves = []
-    for i, (shape, dtype, t) in enumerate(zip(meta["shapes"], meta["dtypes"], t_arrays)):
+    described = zip(meta["shapes"], meta["dtypes"], t_arrays, strict=True)
+    for i, (shape, dtype, t) in enumerate(described):
         if tuple(shape) != t.shape or np.dtype(dtype) != t.dtype:
             raise CheckpointError(
                 f"checkpoint: {path} leaf {i} is {np.dtype(dtype)}{tuple(shape)} but the model "

@@ -26,7 +26,14 @@ from funcbp.nn.core import Layer
 from funcbp.ops import Op
 from funcbp.train import make_eval_fn, make_multi_step, make_train_step
 
-__all__ = ["FitResult", "NonFiniteError", "fit", "init_model", "steps_per_second", "CHECKPOINT_NAME"]
+__all__ = [
+    "FitResult",
+    "NonFiniteError",
+    "fit",
+    "init_model",
+    "steps_per_second",
+    "CHECKPOINT_NAME",
+]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -88,7 +95,7 @@ def _first_bad_step(finite: dict[str, np.ndarray]) -> tuple[int, list[str]] | No
     if bad_steps.size == 0:
         return None
     s = int(bad_steps[0])
-    return s, [n for n, row in zip(names, flags) if not row[s]]
+    return s, [n for n, row in zip(names, flags, strict=False) if not row[s]]
 
 
 def fit(
@@ -170,15 +177,19 @@ def fit(
         params = distributed.shard_params(params, mesh, distributed.param_shardings(params, mesh))
         # the optimizer state (fresh or restored) takes the layout its init gives sharded params
         layout = jax.tree.map(
-            lambda a: a.sharding
-            if isinstance(a.sharding, jax.sharding.NamedSharding)
-            else distributed.replicated(mesh),  # scalars (step counts) land on one device
+            lambda a: (
+                a.sharding
+                if isinstance(a.sharding, jax.sharding.NamedSharding)
+                else distributed.replicated(mesh)
+            ),  # scalars (step counts) land on one device
             jax.jit(optimizer.init)(params),
         )
         opt_state = jax.device_put(opt_state, layout)
         state = distributed.shard_params(state, mesh)
-    place = (lambda b, lead=0: distributed.shard_batch(b, mesh, leading=lead)) if mesh else (
-        lambda b, lead=0: b
+    place = (
+        (lambda b, lead=0: distributed.shard_batch(b, mesh, leading=lead))
+        if mesh
+        else (lambda b, lead=0: b)
     )
 
     single = make_train_step(model, optimizer, loss=loss, gradients=gradients, engine=engine)

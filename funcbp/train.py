@@ -40,7 +40,9 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def classic_sgd(learning_rate: float | optax.Schedule, weight_decay: float = 0.0, *, decay_all=False):
+def classic_sgd(
+    learning_rate: float | optax.Schedule, weight_decay: float = 0.0, *, decay_all=False
+):
     """The classic update ``W ← W − η (dE/dW + λ W)`` as an optax chain.
 
     ``learning_rate`` is η (a float or an optax schedule), ``weight_decay`` is λ. By default λ

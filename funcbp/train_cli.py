@@ -11,51 +11,105 @@ import json
 import time
 from pathlib import Path
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "gpt")
+# defaults of the options the models share; the GPT has its own tuned ones (funcbp.gpt_cli)
+DEFAULTS = {"epochs": 30, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-4, "steps_per_call": 1}
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, default="mlp", help="model (default: mlp)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128],
-                   help="MLP hidden widths (default: 128 128)")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[128, 128],
+        help="MLP hidden widths (default: 128 128)",
+    )
     p.add_argument("--activation", default="relu", help="MLP activation (default: relu)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate η (default 0.05)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 factor λ (default 1e-4)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
-                   help="sgd is the classic W ← W − η(dE/dW + λW) (default)")
+    p.add_argument("--epochs", type=int, default=None, help="(default 30; gpt: its own)")
+    p.add_argument("--batch-size", type=int, default=None, help="(default 32)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate η (default 0.05)")
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 factor λ (default 1e-4)")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="sgd is the classic W ← W − η(dE/dW + λW) (default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="digits", help="'digits' (bundled) or a FILE.npz")
     p.add_argument("--gradients", choices=("hand", "autodiff"), default="hand")
-    p.add_argument("--engine", choices=("grad", "explicit"), default="grad",
-                   help="grad: jax.grad through the custom VJPs; explicit: the reverse pass of "
-                        "funcbp.backprop (no autodiff)")
-    p.add_argument("--steps-per-call", type=int, default=1,
-                   help="fuse k steps into one jitted call (lax.scan)")
+    p.add_argument(
+        "--engine",
+        choices=("grad", "explicit"),
+        default="grad",
+        help="grad: jax.grad through the custom VJPs; explicit: the reverse pass of "
+        "funcbp.backprop (no autodiff)",
+    )
+    p.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=None,
+        help="fuse k steps into one jitted call (lax.scan)",
+    )
     p.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--devices", type=int, default=None,
-                   help="shard each batch over N devices (default: all local devices; on CPU "
-                        "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)")
-    p.add_argument("--model-parallel", type=int, default=1,
-                   help="devices per model-parallel group: 2-D weights split over them")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() first (see README)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="shard each batch over N devices (default: all local devices; on CPU "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)",
+    )
+    p.add_argument(
+        "--model-parallel",
+        type=int,
+        default=1,
+        help="devices per model-parallel group: 2-D weights split over them",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (see README)",
+    )
+    p.add_argument(
+        "--remat",
+        type=int,
+        default=0,
+        help="rematerialise activations in segments of K layers (0: keep residuals)",
+    )
+    p.add_argument(
+        "--remat-policy",
+        default="nothing_saveable",
+        help="jax.checkpoint policy name for --remat (default nothing_saveable)",
+    )
+    from funcbp.gpt_cli import add_gpt_arguments
+
+    add_gpt_arguments(p)
+
+
+def fill_defaults(args) -> None:
+    """Options left unset take the MLP/CNN defaults (`DEFAULTS`)."""
+    for k, v in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
 
 def validate_args(args) -> None:
     """Reject nonsensical settings before any work: ValueError naming the option."""
     import math
 
+    fill_defaults(args)
     checks = [
         (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
         (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
         (args.lr > 0, f"--lr must be > 0, got {args.lr}"),  # NaN fails too; inf may diverge
-        (math.isfinite(args.weight_decay) and args.weight_decay >= 0,
-         f"--weight-decay must be a finite number >= 0, got {args.weight_decay}"),
+        (
+            math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+            f"--weight-decay must be a finite number >= 0, got {args.weight_decay}",
+        ),
         (args.steps_per_call >= 1, f"--steps-per-call must be >= 1, got {args.steps_per_call}"),
         (all(h >= 1 for h in args.hidden), f"--hidden widths must be >= 1, got {args.hidden}"),
         (args.devices is None or args.devices >= 1, f"--devices must be >= 1, got {args.devices}"),
@@ -67,7 +121,9 @@ def validate_args(args) -> None:
     from funcbp.nn.models import ACTIVATIONS
 
     if args.activation not in ACTIVATIONS:
-        raise ValueError(f"--activation must be one of {sorted(ACTIVATIONS)}, got {args.activation!r}")
+        raise ValueError(
+            f"--activation must be one of {sorted(ACTIVATIONS)}, got {args.activation!r}"
+        )
 
 
 def _optimizer(args):
@@ -78,8 +134,9 @@ def _optimizer(args):
     if args.optimizer == "sgd":
         return classic_sgd(args.lr, args.weight_decay)
     if args.optimizer == "momentum":
-        return optax.chain(optax.add_decayed_weights(args.weight_decay),
-                           optax.sgd(args.lr, momentum=0.9))
+        return optax.chain(
+            optax.add_decayed_weights(args.weight_decay), optax.sgd(args.lr, momentum=0.9)
+        )
     if args.optimizer == "adam":
         return optax.adam(args.lr)
     return optax.adamw(args.lr, weight_decay=args.weight_decay)
@@ -89,8 +146,14 @@ def _model(args, n_classes):
     from funcbp import nn
 
     if args.model == "cnn":
-        return nn.cnn(n_classes)
-    return nn.mlp([*args.hidden, n_classes], activation=args.activation)
+        model = nn.cnn(n_classes)
+    else:
+        model = nn.mlp([*args.hidden, n_classes], activation=args.activation)
+    if args.remat:
+        from funcbp.remat import remat_model
+
+        model = remat_model(model, args.remat_policy, segment=args.remat)
+    return model
 
 
 def _plot(history, path: Path) -> None:
@@ -120,6 +183,11 @@ def _plot(history, path: Path) -> None:
 def run(args) -> int:
     import sys
 
+    if args.model == "gpt":
+        from funcbp.gpt_cli import run_gpt
+
+        return run_gpt(args)
+
     import jax
 
     if args.distributed:
@@ -138,8 +206,10 @@ def run(args) -> int:
         return 2
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if args.resume and args.out is None:
-        print("funcbp train: --resume needs --out (the folder of the run to continue)",
-              file=sys.stderr)
+        print(
+            "funcbp train: --resume needs --out (the folder of the run to continue)",
+            file=sys.stderr,
+        )
         return 2
     try:
         kw = {"image": args.model == "cnn"}  # NHWC images for the CNN, flat vectors for the MLP
@@ -175,19 +245,32 @@ def run(args) -> int:
             "ok": r.ok,
             "per_param": {leaf.path: leaf.rel for leaf in r.leaves},
         }
-        print(f"gradient check {r.a:>8} vs autodiff [{r.dtype}]: max rel error "
-              f"{r.worst_rel:.2e} over {len(r.leaves)} params (tol {r.tol:.0e}) "
-              f"{'ok' if r.ok else 'FAIL'}")
+        print(
+            f"gradient check {r.a:>8} vs autodiff [{r.dtype}]: max rel error "
+            f"{r.worst_rel:.2e} over {len(r.leaves)} params (tol {r.tol:.0e}) "
+            f"{'ok' if r.ok else 'FAIL'}"
+        )
 
-    print(f"training {args.model} on {dataset.name}: {len(dataset.x_train)} train / "
-          f"{len(dataset.x_test)} test, gradients={args.gradients} engine={args.engine}, "
-          f"out={out}")
+    print(
+        f"training {args.model} on {dataset.name}: {len(dataset.x_train)} train / "
+        f"{len(dataset.x_test)} test, gradients={args.gradients} engine={args.engine}, "
+        f"out={out}"
+    )
     try:
         result = fit.fit(
-            model, dataset, optimizer=optimizer, epochs=args.epochs,
-            batch_size=args.batch_size, seed=args.seed, gradients=args.gradients,
-            engine=args.engine, out_dir=out, resume=args.resume,
-            steps_per_call=args.steps_per_call, progress=not args.no_progress, mesh=mesh,
+            model,
+            dataset,
+            optimizer=optimizer,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            gradients=args.gradients,
+            engine=args.engine,
+            out_dir=out,
+            resume=args.resume,
+            steps_per_call=args.steps_per_call,
+            progress=not args.no_progress,
+            mesh=mesh,
         )
     except fit.NonFiniteError as e:
         print(f"funcbp train: {e}", file=sys.stderr)
@@ -223,7 +306,9 @@ def run(args) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if h["epoch"]:
         _plot(h, out / "curves.png")
-    print(f"test accuracy {metrics['test_accuracy']:.4f} after {result.epochs_run} epochs in "
-          f"{seconds:.1f} s ({metrics['steps_per_second']:.0f} steps/s); wrote "
-          f"{out / 'metrics.json'}, {out / 'curves.png'}, {out / fit.CHECKPOINT_NAME}")
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f} after {result.epochs_run} epochs in "
+        f"{seconds:.1f} s ({metrics['steps_per_second']:.0f} steps/s); wrote "
+        f"{out / 'metrics.json'}, {out / 'curves.png'}, {out / fit.CHECKPOINT_NAME}"
+    )
     return 0 if all(r.ok for r in reports) else 1

@@ -23,6 +23,7 @@ settings.register_profile("ci", max_examples=6, derandomize=True, **_COMMON)
 settings.register_profile("deep", max_examples=200, **_COMMON)
 settings.load_profile(os.environ.get("FUNCBP_HYPOTHESIS", "default"))
 
+
 @pytest.fixture
 def key(request):
     """A fresh PRNG key per test, fixed by the test's id (reproducible in any order)."""

@@ -36,7 +36,10 @@ def perturb(params, key, scale=0.1):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, max(len(leaves), 1))
     return treedef.unflatten(
-        [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+        [
+            p + scale * jax.random.normal(k, p.shape, p.dtype)
+            for p, k in zip(leaves, keys[: len(leaves)], strict=True)
+        ]
     )
 
 

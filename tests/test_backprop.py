@@ -61,8 +61,9 @@ def test_explicit_engine_loss_and_input_gradient(key):
     _, _, tape = backprop.serial_forward(model.children, params, state, x)
     dlogits = jax.random.normal(key, out.shape, out.dtype)
     _, dx = model.backward(params, model.forward(params, state, x)[2], dlogits)
-    ref_dx = jax.grad(lambda xx: jnp.vdot(model.apply(params, state, xx, gradients="autodiff")[0],
-                                          dlogits))(x)
+    ref_dx = jax.grad(
+        lambda xx: jnp.vdot(model.apply(params, state, xx, gradients="autodiff")[0], dlogits)
+    )(x)
     assert check.relative_error(dx, ref_dx) < 1e-12
     assert len(tape) == len(params)
 

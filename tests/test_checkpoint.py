@@ -25,7 +25,7 @@ def test_round_trip_is_bit_exact(tmp_path, key):
     path = checkpoint.save(tmp_path / "c.npz", tree, {"epoch": 3, "history": {"a": [1.5]}})
     restored, extra = checkpoint.restore(path, _tree(jax.random.key(99)))
     assert extra == {"epoch": 3, "history": {"a": [1.5]}}
-    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(restored)):
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(restored), strict=False):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert np.asarray(a).dtype == np.asarray(b).dtype
     assert jax.tree.structure(restored) == jax.tree.structure(tree)
@@ -69,7 +69,9 @@ def test_corrupt_or_truncated(tmp_path, key, damage):
         path.write_bytes(b"not a zip at all" * 10)
     else:  # flip bytes inside the stored arrays: the zip CRC check catches it
         mid = len(data) // 3
-        path.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 64]) + data[mid + 64 :])
+        path.write_bytes(
+            data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 64]) + data[mid + 64 :]
+        )
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated|structure|leaf"):
         checkpoint.restore(path, _tree(key))
 

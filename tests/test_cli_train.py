@@ -30,7 +30,11 @@ def test_train_writes_metrics_plot_and_checkpoint(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["test_accuracy"] <= 1.0
     assert len(m["train_loss"]) == 2 and m["seconds"] > 0 and m["steps_per_second"] > 0
-    for key in ("hand_vs_autodiff_float32", "hand_vs_autodiff_float64", "explicit_vs_autodiff_float64"):
+    for key in (
+        "hand_vs_autodiff_float32",
+        "hand_vs_autodiff_float64",
+        "explicit_vs_autodiff_float64",
+    ):
         assert m["gradient_check"][key]["ok"], key
     assert m["gradient_check"]["hand_vs_autodiff_float64"]["max_rel"] < 1e-9
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -55,8 +59,10 @@ def test_resume_needs_out(capsys):
 
 def test_user_npz_and_autodiff_and_explicit(tmp_path):
     path = _npz(tmp_path)
-    for extra in (["--gradients", "autodiff"], ["--engine", "explicit", "--optimizer", "adam",
-                                                 "--lr", "0.01"]):
+    for extra in (
+        ["--gradients", "autodiff"],
+        ["--engine", "explicit", "--optimizer", "adam", "--lr", "0.01"],
+    ):
         out = tmp_path / extra[1]
         assert cli.main(["train", *TINY, "--data", str(path), "--out", str(out), *extra]) == 0
         assert json.loads((out / "metrics.json").read_text())["data"]
@@ -93,8 +99,12 @@ def test_diverging_lr_exits_1_with_message(tmp_path, capsys):
 
 
 def test_console_script_help():
-    r = subprocess.run([sys.executable, "-m", "funcbp.cli", "train", "--help"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "funcbp.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--gradients" in r.stdout and "--resume" in r.stdout
 
 
@@ -123,8 +133,11 @@ _VALUES = {
 
 
 @settings(max_examples=300)  # pure Python, no compilation: cheap to fuzz widely
-@given(st.dictionaries(st.sampled_from(sorted(_VALUES)), st.just(None), max_size=6).flatmap(
-    lambda keys: st.fixed_dictionaries({k: _VALUES[k] for k in keys})))
+@given(
+    st.dictionaries(st.sampled_from(sorted(_VALUES)), st.just(None), max_size=6).flatmap(
+        lambda keys: st.fixed_dictionaries({k: _VALUES[k] for k in keys})
+    )
+)
 def test_fuzzed_arguments_parse_or_fail_cleanly(options):
     from funcbp.train_cli import validate_args
 

@@ -20,10 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(dtype: str) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "tests.scripts.sharded_training", dtype], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.scripts.sharded_training", dtype],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

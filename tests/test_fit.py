@@ -76,8 +76,16 @@ def test_resume_with_other_architecture_is_a_clear_error(tmp_path):
     data = toy_classification()
     _run(data, tmp_path, epochs=1)
     with pytest.raises(checkpoint.CheckpointError, match="another architecture|structure"):
-        fit.fit(nn.mlp([9, data.n_classes]), data, optimizer=optax.adam(1e-2), epochs=2,
-                batch_size=16, out_dir=tmp_path, resume=True, progress=False)
+        fit.fit(
+            nn.mlp([9, data.n_classes]),
+            data,
+            optimizer=optax.adam(1e-2),
+            epochs=2,
+            batch_size=16,
+            out_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_nan_in_data_stops_with_step_and_tensor_and_keeps_checkpoint(tmp_path):
@@ -129,7 +137,11 @@ def test_progress_bar_runs(capsys):
 
 @pytest.mark.parametrize(
     "kw, match",
-    [({"batch_size": 1000}, "exceeds"), ({"batch_size": 0}, "batch_size"), ({"steps_per_call": 0}, "steps_per_call")],
+    [
+        ({"batch_size": 1000}, "exceeds"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"steps_per_call": 0}, "steps_per_call"),
+    ],
 )
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -33,12 +33,14 @@ def test_classic_sgd_step_equals_hand_formula(jit):
     opt = train.classic_sgd(lr, wd)
     step = train.make_train_step(model, opt, jit=jit)
     new_params, _, _, m = step(params, opt.init(params), state, (x, y), None)
-    check = np.testing.assert_array_equal if not jit else (
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-16)
+    check = (
+        np.testing.assert_array_equal
+        if not jit
+        else (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-16))
     )
     loss_fn = train.make_loss_fn(model)
     grads = jax.grad(lambda p: loss_fn(p, state, x, y)[0])(params)
-    for p, g, q in zip(params, grads, new_params):
+    for p, g, q in zip(params, grads, new_params, strict=False):
         if not p:
             continue
         check(q["w"], p["w"] - lr * (g["w"] + wd * p["w"]))
@@ -62,8 +64,9 @@ def test_all_gradients_use_pre_update_weights():
     """One step updates every layer from gradients of the same (old) params."""
     _, model, params, state, x, y = _model_and_batch(jnp.float64)
     opt = optax.sgd(0.5)
-    new_params, _, _, _ = train.make_train_step(model, opt)(params, opt.init(params), state,
-                                                             (x, y), None)
+    new_params, _, _, _ = train.make_train_step(model, opt)(
+        params, opt.init(params), state, (x, y), None
+    )
     loss_fn = train.make_loss_fn(model, gradients="autodiff")
     grads = jax.grad(lambda p: loss_fn(p, state, x, y)[0])(params)
     expect = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
@@ -106,10 +109,12 @@ def test_hand_and_autodiff_trajectories_agree_over_20_steps():
 def test_explicit_engine_step_equals_grad_engine():
     _, model, params, state, x, y = _model_and_batch(jnp.float64)
     opt = train.classic_sgd(0.1, 1e-3)
-    a = train.make_train_step(model, opt, engine="grad")(params, opt.init(params), state,
-                                                          (x, y), None)
-    b = train.make_train_step(model, opt, engine="explicit")(params, opt.init(params), state,
-                                                              (x, y), None)
+    a = train.make_train_step(model, opt, engine="grad")(
+        params, opt.init(params), state, (x, y), None
+    )
+    b = train.make_train_step(model, opt, engine="explicit")(
+        params, opt.init(params), state, (x, y), None
+    )
     assert tree_max_abs_diff(a[0], b[0]) < 1e-14
     assert float(a[3]["loss"]) == pytest.approx(float(b[3]["loss"]), rel=1e-14)
 

@@ -75,7 +75,9 @@ def Relu() -> Layer:
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """Elementwise leaky ReLU with slope ``negative_slope`` for x < 0; no params."""
-    return op_layer("leaky_relu", ops.leaky_relu, _same_shape, static={"negative_slope": negative_slope})
+    return op_layer(
+        "leaky_relu", ops.leaky_relu, _same_shape, static={"negative_slope": negative_slope}
+    )
 
 
 def Tanh() -> Layer:

@@ -87,10 +87,16 @@ def RNN(hidden: int, *, return_sequences: bool = True) -> Layer:
             dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd((x_t, h_t, wx, wh, hn_t), dh_out + dh_next)
             return (dh, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
 
-        zeros = (jnp.zeros(shape_tm[1:], dy.dtype), jnp.zeros_like(wx), jnp.zeros_like(wh),
-                 jnp.zeros_like(params["b"]))
+        zeros = (
+            jnp.zeros(shape_tm[1:], dy.dtype),
+            jnp.zeros_like(wx),
+            jnp.zeros_like(wh),
+            jnp.zeros_like(params["b"]),
+        )
         (_, dwx, dwh, db), dxs = jax.lax.scan(
-            step, zeros, ((xs, hs_prev, hs_new), _seed(dy, shape_tm, return_sequences)),
+            step,
+            zeros,
+            ((xs, hs_prev, hs_new), _seed(dy, shape_tm, return_sequences)),
             reverse=True,
         )
         return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
@@ -119,8 +125,9 @@ def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
         check_gradients(gradients)
         xs = jnp.swapaxes(x, 0, 1)
         h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
-        hs, (h_last, _) = lstm(xs, h0, h0, params["wx"], params["wh"], params["b"],
-                               gradients=gradients)
+        hs, (h_last, _) = lstm(
+            xs, h0, h0, params["wx"], params["wh"], params["b"], gradients=gradients
+        )
         return _outputs(hs, h_last, return_sequences), state
 
     def forward(params, state, x, *, key=None, train=False):

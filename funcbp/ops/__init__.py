@@ -15,16 +15,26 @@ from funcbp.ops.activations import relu as relu
 from funcbp.ops.activations import sigmoid as sigmoid
 from funcbp.ops.activations import tanh as tanh
 from funcbp.ops.attention import attention as attention
+from funcbp.ops.conv import conv2d as conv2d
+from funcbp.ops.dropout import dropout as dropout
+from funcbp.ops.embedding import embedding as embedding
 from funcbp.ops.linear import linear as linear
 from funcbp.ops.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
 from funcbp.ops.losses import mse as mse
 from funcbp.ops.losses import softmax_cross_entropy as softmax_cross_entropy
+from funcbp.ops.norm import batch_norm as batch_norm
+from funcbp.ops.norm import batch_norm_inference as batch_norm_inference
+from funcbp.ops.norm import batch_norm_stats as batch_norm_stats
+from funcbp.ops.norm import layer_norm as layer_norm
+from funcbp.ops.pool import avg_pool2d as avg_pool2d
+from funcbp.ops.pool import max_pool2d as max_pool2d
 from funcbp.ops.recurrent import lstm as lstm
 from funcbp.ops.recurrent import lstm_cell as lstm_cell
 from funcbp.ops.recurrent import rnn as rnn
 from funcbp.ops.recurrent import rnn_cell as rnn_cell
 from funcbp.ops.softmax import log_softmax as log_softmax
 from funcbp.ops.softmax import softmax as softmax
+from funcbp.ops.unembed import unembed as unembed
 
 __all__ = [
     "REGISTRY",
@@ -46,4 +56,14 @@ __all__ = [
     "rnn",
     "lstm",
     "attention",
+    "layer_norm",
+    "batch_norm",
+    "batch_norm_inference",
+    "batch_norm_stats",
+    "dropout",
+    "embedding",
+    "unembed",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
 ]

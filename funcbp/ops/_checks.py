@@ -1,4 +1,4 @@
-"""Trace-time input checks shared by the ops. Every error names the op, what came, what was expected.
+"""Trace-time input checks shared by the ops: errors name the op, what came, what was expected.
 
 Shapes and dtypes are static under `jax.jit`, so these run while tracing: bad input fails before
 any compilation or training work is done. Values are not static; checks on values (labels in

@@ -3,6 +3,11 @@
 Samplers take ``(key, dtype)`` and must be deterministic in the key. Shapes are drawn small
 (every hypothesis example with a new shape recompiles under jit) but never fixed, and values are
 never all zero. Points near kinks (ReLU at 0) are avoided so finite differences are meaningful.
+
+Values are drawn on the host with NumPy from a generator seeded by the key (then moved to the
+device once): `jax.random` would compile a small XLA program for every new shape, and with random
+shapes that compile time dominated the registry tests. Each helper seeds its own stream (a tag
+appended to the key's data), so values are independent of the shape draws from `rng(key)`.
 """
 
 from __future__ import annotations
@@ -11,25 +16,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["rng", "normal", "away_from_zero", "batch_shape", "split3"]
+__all__ = ["rng", "normal", "uniform", "away_from_zero", "batch_shape", "split3"]
+
+_NORMAL, _UNIFORM, _AWAY = 1, 2, 3  # stream tags: one independent stream per helper
+
+
+def _key_words(key) -> list[int]:
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # raw uint32 key data (jax.random.PRNGKey)
+    return [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
 
 
 def rng(key) -> np.random.Generator:
     """A NumPy generator seeded from a JAX key (for drawing Python ints: shapes, choices)."""
-    data = np.asarray(jax.random.key_data(key)).ravel()
-    return np.random.default_rng([int(v) for v in data])
+    return np.random.default_rng(_key_words(key))
+
+
+def _values(values: np.ndarray, dtype) -> jax.Array:
+    """Host values -> a device array of ``dtype`` (rounded once, on the host)."""
+    return jnp.asarray(np.asarray(values, dtype=jnp.dtype(dtype)))
 
 
 def normal(key, shape, dtype, scale=1.0):
-    """Standard normal values times ``scale``."""
-    return scale * jax.random.normal(key, shape, dtype)
+    """Standard normal values times ``scale``, of ``shape`` and ``dtype``."""
+    gen = np.random.default_rng([*_key_words(key), _NORMAL])
+    return _values(scale * gen.standard_normal(tuple(shape)), dtype)
+
+
+def uniform(key, shape, dtype, lo=0.0, hi=1.0):
+    """Uniform values in ``[lo, hi)``, of ``shape`` and ``dtype``."""
+    gen = np.random.default_rng([*_key_words(key), _UNIFORM])
+    return _values(gen.uniform(lo, hi, tuple(shape)), dtype)
 
 
 def away_from_zero(key, shape, dtype, lo=0.1, hi=2.0):
     """Random signs times uniform magnitudes in ``[lo, hi)``: no value within ``lo`` of 0."""
-    k1, k2 = jax.random.split(key)
-    sign = jnp.where(jax.random.bernoulli(k1, 0.5, shape), 1.0, -1.0).astype(dtype)
-    return sign * jax.random.uniform(k2, shape, dtype, lo, hi)
+    gen = np.random.default_rng([*_key_words(key), _AWAY])
+    sign = np.where(gen.random(tuple(shape)) < 0.5, -1.0, 1.0)
+    return _values(sign * gen.uniform(lo, hi, tuple(shape)), dtype)
 
 
 def batch_shape(gen: np.random.Generator, max_dims: int = 2, max_size: int = 5) -> tuple:

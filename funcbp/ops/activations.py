@@ -51,7 +51,9 @@ def relu_bwd(res, g):
     return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
 
 
-relu = register(Op("relu", relu_reference, relu_fwd, relu_bwd, _sample_away, 1, _validate_x("relu")))
+relu = register(
+    Op("relu", relu_reference, relu_fwd, relu_bwd, _sample_away, 1, _validate_x("relu"))
+)
 
 
 # -- leaky_relu ----------------------------------------------------------------------------

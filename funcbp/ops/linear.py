@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype
 from funcbp.ops._op import Op, register

@@ -1,4 +1,4 @@
-"""Losses (scalar outputs, means over samples): mse, softmax_cross_entropy, binary CE with logits."""
+"""Losses (scalar outputs, means over samples): mse, softmax cross-entropy, BCE with logits."""
 
 from __future__ import annotations
 
@@ -105,8 +105,12 @@ def softmax_cross_entropy_bwd(res, g):
     if jnp.issubdtype(labels.dtype, jnp.integer):
         p2 = p.reshape(-1, n_classes)  # (N, C)
         lab = labels.reshape(-1)
-        lab = jnp.where(_label_valid(lab, n_classes), lab, n_classes)  # out of range: dropped
-        dz = p2.at[jnp.arange(p2.shape[0]), lab].add(-1, mode="drop").reshape(p.shape)
+        valid = _label_valid(lab, n_classes)  # (N,)
+        lab = jnp.where(valid, lab, n_classes)  # out of range: the scatter drops it
+        dz = p2.at[jnp.arange(p2.shape[0]), lab].add(-1, mode="drop")  # (N, C)
+        # A row with an out-of-range label has a NaN loss that does not depend on the logits,
+        # so its gradient is 0 (as jax.grad of the reference gives), not p.
+        dz = jnp.where(valid[:, None], dz, jnp.zeros((), dz.dtype)).reshape(p.shape)
         return scale * dz, None
     dz = p * jnp.sum(labels, axis=-1, keepdims=True) - labels
     return scale * dz, -scale * logp
@@ -147,9 +151,11 @@ def _sample_sce(key, dtype):
     k1, k2 = jax.random.split(key)
     logits = _sample.normal(k1, (*lead, n_classes), dtype, scale=2.0)
     if gen.integers(0, 2):
-        labels = jax.random.randint(k2, lead, 0, n_classes)
-    else:
-        labels = jax.nn.softmax(_sample.normal(k2, (*lead, n_classes), dtype, scale=2.0))
+        labels = jnp.asarray(gen.integers(0, n_classes, size=lead), dtype=jnp.int32)
+    else:  # soft labels: a softmax of random logits, computed on the host (no compile per shape)
+        z = np.asarray(_sample.normal(k2, (*lead, n_classes), jnp.float64, scale=2.0))
+        q = np.exp(z - z.max(axis=-1, keepdims=True))
+        labels = jnp.asarray(q / q.sum(axis=-1, keepdims=True), dtype=dtype)
     return (logits, labels), {}
 
 
@@ -207,7 +213,7 @@ def _sample_bce(key, dtype):
     shape = (*_sample.batch_shape(gen, max_dims=2), int(gen.integers(1, 6)))
     k1, k2 = jax.random.split(key)
     logits = _sample.away_from_zero(k1, shape, dtype, 0.05, 4.0)  # |z| kink of the stable form
-    targets = jax.random.uniform(k2, shape, dtype)
+    targets = _sample.uniform(k2, shape, dtype)
     return (logits, targets), {}
 
 

@@ -65,8 +65,10 @@ def _validate(op):
         require_float(op, "x", x)
         if x.ndim == 0:
             raise ValueError(f"{op}: x must have at least 1 dim, got shape ()")
-        if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
-            raise ValueError(f"{op}: axis {axis!r} is out of range for x of shape {x.shape}")
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise TypeError(f"{op}: axis must be an int, got {axis!r}")
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"{op}: axis {axis} is out of range for x of shape {x.shape}")
 
     return validate
 
@@ -79,7 +81,15 @@ def _sample_softmax(key, dtype):
 
 
 softmax = register(
-    Op("softmax", softmax_reference, softmax_fwd, softmax_bwd, _sample_softmax, 1, _validate("softmax"))
+    Op(
+        "softmax",
+        softmax_reference,
+        softmax_fwd,
+        softmax_bwd,
+        _sample_softmax,
+        1,
+        _validate("softmax"),
+    )
 )
 log_softmax = register(
     Op(

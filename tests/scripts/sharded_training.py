@@ -17,6 +17,11 @@ from funcbp import distributed, fit, nn, train  # noqa: E402
 from tests.helpers import toy_classification  # noqa: E402
 
 
+def _max_abs_diff(a, b) -> float:
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in pairs)
+
+
 def main() -> None:
     dtype = jnp.float64 if sys.argv[1] == "float64" else jnp.float32
     data = toy_classification(n_train=256, features=16)
@@ -28,16 +33,27 @@ def main() -> None:
         "data4_model2": distributed.make_mesh(8, model=2),
     }
     for name, mesh in meshes.items():
-        r = fit.fit(model, data, optimizer=optax.adam(1e-2), epochs=3, batch_size=32, seed=0,
-                    dtype=dtype, progress=False, mesh=mesh)
+        r = fit.fit(
+            model,
+            data,
+            optimizer=optax.adam(1e-2),
+            epochs=3,
+            batch_size=32,
+            seed=0,
+            dtype=dtype,
+            progress=False,
+            mesh=mesh,
+        )
         runs[name] = r
     out = {"devices": len(jax.devices()), "steps": len(runs["single"].history["step_loss"])}
+    single_loss = runs["single"].history["step_loss"]
     for name in ("data8", "data4_model2"):
         a, b = runs["single"].params, runs[name].params
-        diff = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        diff = _max_abs_diff(a, b)
         scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(a))
-        loss_diff = max(abs(p - q) for p, q in zip(runs["single"].history["step_loss"],
-                                                   runs[name].history["step_loss"]))
+        loss_diff = max(
+            abs(p - q) for p, q in zip(single_loss, runs[name].history["step_loss"], strict=True)
+        )
         specs = sorted({str(getattr(p.sharding, "spec", None)) for p in jax.tree.leaves(b)})
         out[name] = {"max_abs": diff, "scale": scale, "loss_diff": loss_diff, "specs": specs}
     # the hand gradients of one sharded step equal the single-device ones
@@ -50,10 +66,17 @@ def main() -> None:
     ps = distributed.shard_params(params, mesh, distributed.param_shardings(params, mesh))
     xs, ys = distributed.shard_batch((x, y), mesh)
     g2 = grad(ps, xs, ys)
-    out["grad_max_abs"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+    out["grad_max_abs"] = _max_abs_diff(g1, g2)
     try:
-        fit.fit(model, data, optimizer=optax.sgd(0.1), epochs=1, batch_size=36, progress=False,
-                mesh=meshes["data8"])
+        fit.fit(
+            model,
+            data,
+            optimizer=optax.sgd(0.1),
+            epochs=1,
+            batch_size=36,
+            progress=False,
+            mesh=meshes["data8"],
+        )
         out["indivisible_error"] = None
     except ValueError as e:
         out["indivisible_error"] = str(e)

@@ -1,0 +1,1150 @@
+"""Build the gradient-comparison notebooks from the cells defined here, execute them, save them.
+
+The notebooks are generated: edit the cells in this file, never the ``.ipynb`` files, then run
+
+    .venv/bin/python notebooks/build.py            # build + execute all, rewrite README.md
+    .venv/bin/python notebooks/build.py 02         # only notebooks whose name contains "02"
+    .venv/bin/python notebooks/build.py --no-execute
+
+Each notebook is saved with its outputs (plots as PNG, tables as text) so it renders on a code
+host. ``tests/test_notebooks.py`` re-executes every committed notebook from scratch (and checks
+that its sources still match this file); the ``assert`` cells make a wrong formula fail the tests.
+
+The kernel is this interpreter (``sys.executable``, i.e. the venv's python), through a kernelspec
+written to a temporary ``JUPYTER_PATH``: no global Jupyter configuration is read or changed.
+"""
+
+# ruff: noqa: E501  (cell sources are indented 8 columns here; markdown tables and LaTeX cannot wrap)
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+KERNEL_NAME = "funcbp-notebooks"
+TIMEOUT_S = 900
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def md(text: str):
+    return new_markdown_cell(textwrap.dedent(text).strip())
+
+
+def code(text: str):
+    return new_code_cell(textwrap.dedent(text).strip())
+
+
+SETUP = """\
+import jax
+
+jax.config.update("jax_enable_x64", True)  # float64 for the exact comparisons
+jax.config.update("jax_numpy_rank_promotion", "raise")  # no silent broadcasting of ranks
+
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+%matplotlib inline
+plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def show_table(headers, rows):
+    \"\"\"Print rows as an aligned text table (floats in scientific notation).\"\"\"
+    fmt = lambda v: f"{v:.2e}" if isinstance(v, float) else str(v)
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = lambda items: "  ".join(s.rjust(w) for s, w in zip(items, widths))
+    print(line(headers))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print(line(r))
+"""
+
+
+# =============================================================================================
+# 01: the linear layer by hand
+# =============================================================================================
+def linear_layer_cells():
+    return [
+        md(r"""
+        # 01 — The linear layer by hand
+
+        The fully connected layer is the heart of the classic back-propagation derivation:
+
+        $$Y = X W + b, \qquad X \in \mathbb{R}^{N \times I},\; W \in \mathbb{R}^{I \times O},\;
+        b \in \mathbb{R}^{O},\; Y \in \mathbb{R}^{N \times O}$$
+
+        ($N$ samples as rows, $I$ inputs, $O$ outputs; $b$ is added to every row). A scalar loss
+        $L$ depends on $Y$. This notebook derives $\partial L/\partial W$, $\partial L/\partial X$
+        and $\partial L/\partial b$, codes them in plain `jax.numpy`, and **proves them
+        numerically** against `jax.grad` and central finite differences in float64. Then it
+        chains layers (the back-propagation recursion), shows why every gradient must be
+        computed with the pre-update weights, and checks the update rule
+        $W \leftarrow W - \eta(\partial E/\partial W + \lambda W)$ against `funcbp.train.classic_sgd`.
+
+        Every claim ends in an `assert`: the test suite re-executes this notebook, so a wrong
+        formula fails the build.
+        """),
+        code(
+            SETUP
+            + """
+import optax
+
+from funcbp import backprop, nn, ops
+from funcbp.check import finite_difference_grad, relative_error
+from funcbp.ops.linear import linear_bwd
+from funcbp.train import classic_sgd
+"""
+        ),
+        md(r"""
+        ## 1. The three gradients
+
+        Write $dY \equiv \partial L/\partial Y$ (shape $N \times O$, the shape of $Y$: a gradient
+        always has the shape of the variable). Elementwise the layer is
+        $Y_{nk} = \sum_i X_{ni} W_{ik} + b_k$, so
+
+        $$\frac{\partial Y_{nk}}{\partial W_{ij}} = X_{ni}\,\delta_{jk}, \qquad
+        \frac{\partial Y_{nk}}{\partial X_{mi}} = W_{ik}\,\delta_{mn}, \qquad
+        \frac{\partial Y_{nk}}{\partial b_{j}} = \delta_{jk}.$$
+
+        The chain rule sums over every $Y_{nk}$ that the variable touches:
+
+        | gradient | index form | matrix form | shapes |
+        |---|---|---|---|
+        | $\partial L/\partial W$ | $\sum_n X_{ni}\, dY_{nj}$ | $X^\top dY$ | $(I,N)(N,O) \to (I,O)$ |
+        | $\partial L/\partial X$ | $\sum_j dY_{nj}\, W_{ij}$ | $dY\, W^\top$ | $(N,O)(O,I) \to (N,I)$ |
+        | $\partial L/\partial b$ | $\sum_n dY_{nj}$ | $\mathbf{1}_N^\top dY$ | $(N,) (N,O) \to (O,)$ |
+
+        The loss here is $L = \tfrac12 \lVert Y - T \rVert^2$ for a random target $T$, so
+        $dY = Y - T$: a random, non-constant upstream gradient (an all-ones $dY$ would hide a
+        summation over the wrong axis).
+        """),
+        code("""
+        N, I, O = 5, 4, 3
+        kx, kw, kb, kt = jax.random.split(jax.random.key(0), 4)
+        X = jax.random.normal(kx, (N, I))  # float64: x64 is on
+        W = jax.random.normal(kw, (I, O))
+        b = jax.random.normal(kb, (O,))
+        T = jax.random.normal(kt, (N, O))
+
+
+        def forward(X, W, b):
+            return X @ W + b[None, :]  # (N, O); b lifted to (1, O) explicitly
+
+
+        def loss(X, W, b):
+            return 0.5 * jnp.sum((forward(X, W, b) - T) ** 2)
+
+
+        Y = forward(X, W, b)
+        dY = Y - T  # (N, O)  dL/dY for L = ½‖Y − T‖²
+        dW = X.T @ dY  # (I, O)
+        dX = dY @ W.T  # (N, I)
+        db = dY.sum(axis=0)  # (O,)
+        print("X", X.shape, " W", W.shape, " b", b.shape, " Y", Y.shape)
+        print("dX", dX.shape, "dW", dW.shape, "db", db.shape, "(each the shape of its variable)")
+        """),
+        md(r"""
+        ### Proof by numbers
+
+        Three independent references: `jax.grad` of the loss (autodiff), central finite
+        differences $\big(L(\theta + \varepsilon e_i) - L(\theta - \varepsilon e_i)\big)/2\varepsilon$
+        element by element ($\varepsilon = 10^{-6}$, float64: truncation error
+        $O(\varepsilon^2)$, rounding $O(10^{-16}/\varepsilon)$), and the library's own
+        `funcbp.ops.linear` backward. Errors are relative, $\lVert a-b\rVert/\lVert b\rVert$.
+        """),
+        code("""
+        auto = jax.grad(loss, argnums=(0, 1, 2))(X, W, b)
+        fd = finite_difference_grad(loss, (X, W, b), (0, 1, 2))
+        lib = linear_bwd((X, W), dY)  # funcbp's hand VJP: (dX, dW, db)
+
+        rows, errors = [], {}
+        for name, mine, a, f, l in zip(("dX", "dW", "db"), (dX, dW, db), auto, fd, lib):
+            errors[name] = (relative_error(mine, a), relative_error(mine, f), relative_error(l, a))
+            rows.append((name, str(mine.shape), *errors[name], float(jnp.abs(mine - a).max())))
+        show_table(
+            ["grad", "shape", "rel vs jax.grad", "rel vs finite diff", "funcbp.ops vs jax.grad",
+             "max abs vs jax.grad"],
+            rows,
+        )
+        for name, (e_auto, e_fd, e_lib) in errors.items():
+            assert e_auto < 1e-12, (name, e_auto)
+            assert e_fd < 1e-7, (name, e_fd)
+            assert e_lib < 1e-12, (name, e_lib)
+        """),
+        md(r"""
+        ### Why shapes are not enough
+
+        When $I = O$ a transposed formula has the right shape and is still wrong: $dX = dY\,W$
+        instead of $dY\,W^\top$ passes every shape check. Only the numbers catch it.
+        """),
+        code("""
+        Ws = jax.random.normal(jax.random.key(1), (I, I))  # a square weight
+        dYs = jax.random.normal(jax.random.key(2), (N, I))  # a random upstream gradient
+        true_dX = jax.grad(lambda X: jnp.sum(forward(X, Ws, jnp.zeros(I)) * dYs))(X)
+        wrong = relative_error(dYs @ Ws, true_dX)  # transposed: right shape, wrong numbers
+        right = relative_error(dYs @ Ws.T, true_dX)
+        print(f"dY W   (wrong): rel err {wrong:.2e}\\ndY Wᵀ (right): rel err {right:.2e}")
+        assert wrong > 0.1 and right < 1e-12
+        """),
+        md(r"""
+        ## 2. $X^\top dY$ is a sum of per-sample outer products
+
+        Row $n$ of $X$ is sample $x_n \in \mathbb{R}^I$, row $n$ of $dY$ its upstream gradient
+        $dy_n \in \mathbb{R}^O$. Sample $n$ alone contributes the rank-one matrix
+        $x_n \otimes dy_n = x_n^\top dy_n$ (shape $(I, O)$), and the batch gradient is their sum:
+
+        $$\frac{\partial L}{\partial W} = \sum_{n=1}^{N} x_n^\top\, dy_n = X^\top dY .$$
+
+        (A loss that *averages* over the batch carries its $1/N$ inside $dY$.) One matrix
+        product does the whole sum, which is why the batched form is used.
+        """),
+        code("""
+        dW_outer = sum(jnp.outer(X[n], dY[n]) for n in range(N))  # Σ_n x_n ⊗ dy_n  (I, O)
+        dW_einsum = jnp.einsum("ni,nj->ij", X, dY)
+        e_outer, e_einsum = relative_error(dW_outer, dW), relative_error(dW_einsum, dW)
+        print(f"Σ outer products vs Xᵀ dY: {e_outer:.2e}   einsum vs Xᵀ dY: {e_einsum:.2e}")
+        print("rank of one sample's contribution:", int(jnp.linalg.matrix_rank(jnp.outer(X[0], dY[0]))))
+        assert e_outer < 1e-13 and e_einsum < 1e-13
+        """),
+        md(r"""
+        ## 3. Why some frameworks store the weight transposed
+
+        PyTorch's `nn.Linear` stores its weight as $(O, I)$ = (out_features, in_features) and
+        computes $y = x W_{\mathrm{pt}}^\top + b$. That is the textbook column-vector convention
+        $y = W x$ written for a batch of row vectors: row $k$ of $W_{\mathrm{pt}}$ is the weight
+        vector of output unit $k$. The transpose costs nothing at run time — matrix-multiply
+        kernels (BLAS, XLA) take a "transposed operand" flag instead of moving memory — so
+        it is a layout convention, not a speed trick.
+
+        funcbp stores $W$ as $(I, O)$ and computes $y = x W$: with samples as rows no transpose
+        appears in the forward, the shapes read left to right, and $dW = X^\top dY$ has $W$'s
+        shape directly. The two are the same layer with $W_{\mathrm{pt}} = W^\top$, hence
+        $\partial L/\partial W_{\mathrm{pt}} = dY^\top X = (X^\top dY)^\top$:
+        """),
+        code("""
+        W_pt = W.T  # (O, I): PyTorch's layout
+
+
+        def loss_pt(X, W_pt, b):
+            return 0.5 * jnp.sum((X @ W_pt.T + b[None, :] - T) ** 2)  # y = x Wᵀ + b
+
+
+        dW_pt = jax.grad(loss_pt, argnums=1)(X, W_pt, b)  # (O, I)
+        e_pt = relative_error(dW_pt, dY.T @ X)
+        e_same = relative_error(dW_pt.T, dW)
+        print(f"dW_pt shape {dW_pt.shape}; vs dYᵀ X: {e_pt:.2e}; (dW_pt)ᵀ vs funcbp's dW: {e_same:.2e}")
+        assert dW_pt.shape == (O, I) and e_pt < 1e-12 and e_same < 1e-12
+        """),
+        md(r"""
+        ## 4. Chaining layers: the back-propagation recursion
+
+        A network is a chain $x_0 \xrightarrow{f_1} x_1 \xrightarrow{f_2} \cdots
+        \xrightarrow{f_n} x_n \to L$. Since $L$ depends on $x_{n-1}$ only through $x_n$,
+
+        $$\frac{\partial L}{\partial x_{n-1}} = \frac{\partial L}{\partial x_n}\cdot
+        \frac{\partial x_n}{\partial x_{n-1}}, \qquad
+        \frac{\partial L}{\partial W_n} = \frac{\partial L}{\partial x_n}\cdot
+        \frac{\partial x_n}{\partial W_n}.$$
+
+        One backward step turns $dx_n$ into $dx_{n-1}$ (and $dW_n$) — a vector–Jacobian
+        product that never forms the Jacobian:
+
+        * Dense $z = x W + b$: $\;dx = dz\, W^\top$, $\;dW = x^\top dz$, $\;db = \mathbf 1^\top dz$
+        * tanh $x = \tanh z$: $\;dz = dx \odot (1 - \tanh^2 z)$ (elementwise: a diagonal Jacobian)
+        * mean softmax cross-entropy over $N$ samples with labels $y$:
+          $\;dz = (\mathrm{softmax}(z) - \mathrm{onehot}(y)) / N$
+
+        Below, a 2- and a 3-layer tanh MLP: the recursion written out in plain `jnp`, the
+        library's explicit engine `funcbp.backprop` (each layer's hand `bwd` called in reverse,
+        no autodiff), and `jax.grad` of the plain references must agree.
+        """),
+        code("""
+        N, D0, H, C = 16, 6, 8, 4
+        kx, ky = jax.random.split(jax.random.key(3))
+        x0 = jax.random.normal(kx, (N, D0))  # (N, D0)
+        labels = jax.random.randint(ky, (N,), 0, C)  # (N,) int
+
+
+        def tanh_mlp(depth):
+            layers = []
+            for _ in range(depth - 1):
+                layers += [nn.Dense(H, init="lecun"), nn.Tanh()]
+            return nn.serial(*layers, nn.Dense(C, init="lecun"))
+
+
+        def unpack(params):
+            \"\"\"funcbp's serial params (dicts for Dense, {} for Tanh) -> lists Ws, bs.\"\"\"
+            dense = [p for p in params if p]
+            return [p["w"] for p in dense], [p["b"] for p in dense]
+
+
+        def forward_tape(Ws, bs, x):
+            \"\"\"Forward pass keeping each layer's input x_i and pre-activation z_i.\"\"\"
+            xs, zs = [x], []
+            for i, (W, b) in enumerate(zip(Ws, bs)):
+                z = xs[-1] @ W + b[None, :]  # (N, D_i)
+                zs.append(z)
+                xs.append(jnp.tanh(z) if i < len(Ws) - 1 else z)
+            return xs, zs
+
+
+        def dlogits(z, y):
+            \"\"\"d(mean softmax cross-entropy)/dz = (softmax(z) − onehot(y)) / N   (N, C).\"\"\"
+            p = jnp.exp(z - jax.scipy.special.logsumexp(z, axis=-1, keepdims=True))
+            return (p - jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)) / z.shape[0]
+
+
+        def backward(Ws, xs, zs, dz, *, lr=None):
+            \"\"\"The recursion, top layer first: [(dW_i, db_i)] for every layer.
+
+            With ``lr`` set, each W_i is updated right after its gradient and the pass continues
+            through the UPDATED weight (the mistake studied in section 5).
+            \"\"\"
+            Ws, grads = list(Ws), [None] * len(Ws)
+            for i in reversed(range(len(Ws))):
+                grads[i] = (xs[i].T @ dz, dz.sum(axis=0))  # dW_i = x_iᵀ dz (D_{i-1}, D_i); db_i
+                if lr is not None:
+                    Ws[i] = Ws[i] - lr * grads[i][0]  # the bug: update before propagating
+                if i > 0:
+                    dx = dz @ Ws[i].T  # dL/dx_{i-1} = dL/dz_i · W_iᵀ   (N, D_{i-1})
+                    dz = dx * (1 - jnp.tanh(zs[i - 1]) ** 2)  # through tanh: ⊙ tanh'(z)
+            return grads
+
+
+        def manual_grads(Ws, bs, x, y, lr=None):
+            xs, zs = forward_tape(Ws, bs, x)
+            return backward(Ws, xs, zs, dlogits(zs[-1], y), lr=lr)
+
+
+        def autodiff_loss(params, model):
+            out, _ = model.apply(params, state, x0, key=None, train=True, gradients="autodiff")
+            return ops.softmax_cross_entropy.autodiff(out, labels)
+
+
+        rows, worst = [], 0.0
+        for depth in (2, 3):
+            model = tanh_mlp(depth)
+            _, params, state = model.init(jax.random.key(10 + depth), (D0,), jnp.float64)
+            reference = unpack(jax.grad(autodiff_loss)(params, model))  # jax.grad of references
+            (_, _), explicit = backprop.loss_and_grad(
+                model, ops.softmax_cross_entropy, params, state, x0, labels
+            )
+            explicit = unpack(explicit)  # funcbp's explicit reverse pass
+            manual = manual_grads(*unpack(params), x0, labels)  # the recursion above
+            for i in range(depth):
+                for j, pname in enumerate("Wb"):
+                    ref = reference[j][i]
+                    e_man = relative_error(manual[i][j], ref)
+                    e_exp = relative_error(explicit[j][i], ref)
+                    worst = max(worst, e_man, e_exp)
+                    rows.append((depth, f"{pname}{i + 1}", str(ref.shape), e_man, e_exp))
+        show_table(["depth", "param", "shape", "plain-jnp recursion", "funcbp.backprop"], rows)
+        print("(relative errors vs jax.grad of the reference model)")
+        assert worst < 1e-12, worst
+        """),
+        md(r"""
+        ### The same recursion with explicit Jacobians
+
+        For one sample the Jacobians are small enough to build: Dense has
+        $\partial z/\partial x = W^\top$ $(D_i \times D_{i-1})$, tanh has
+        $\mathrm{diag}(1 - \tanh^2 z)$. Their product, multiplied by the row vector
+        $\partial L/\partial z_{\text{top}}$, is $\partial L/\partial x_0$. Back-propagation
+        computes exactly this product, right to left, as vector–matrix products — so it never
+        stores a Jacobian (for a batch, the Dense Jacobian would be $(N D_i) \times (N D_{i-1})$).
+        Each hand-written Jacobian is also checked against `jax.jacobian`.
+        """),
+        code("""
+        model = tanh_mlp(3)
+        _, params, state = model.init(jax.random.key(13), (D0,), jnp.float64)
+        Ws, bs = unpack(params)
+        x, y = x0[0], labels[0]  # one sample: x (D0,)
+
+        jacobians, h, worst_jac = [], x, 0.0
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            J_dense = W.T  # ∂z/∂x = Wᵀ   (D_i, D_{i-1})
+            worst_jac = max(worst_jac, relative_error(J_dense, jax.jacobian(lambda v: v @ W + b)(h)))
+            z = h @ W + b
+            jacobians.append(J_dense)
+            if i < len(Ws) - 1:
+                J_tanh = jnp.diag(1 - jnp.tanh(z) ** 2)  # ∂tanh(z)/∂z   (D_i, D_i)
+                worst_jac = max(worst_jac, relative_error(J_tanh, jax.jacobian(jnp.tanh)(z)))
+                jacobians.append(J_tanh)
+                h = jnp.tanh(z)
+            else:
+                h = z
+
+        g = dlogits(h[None, :], y[None])[0]  # ∂L/∂z_top for this one sample   (C,)
+        product = g
+        for J in reversed(jacobians):  # g · J_top · … · J_1, right to left
+            product = product @ J
+        one_loss = lambda v: ops.softmax_cross_entropy.autodiff(
+            model.apply(params, state, v[None, :], gradients="autodiff")[0], y[None]
+        )
+        e_chain = relative_error(product, jax.grad(one_loss)(x))
+        print("Jacobian shapes, input to output:", [tuple(J.shape) for J in jacobians])
+        print(f"hand Jacobians vs jax.jacobian: {worst_jac:.2e}")
+        print(f"(∂L/∂z_top)·J·…·J vs jax.grad w.r.t. x0: {e_chain:.2e}")
+        assert worst_jac < 1e-14 and e_chain < 1e-12
+        """),
+        md(r"""
+        ## 5. All gradients first, with the pre-update weights — then update
+
+        Back-propagation computes $\partial E/\partial W_n$ for every layer **at one point** in
+        parameter space. Step 3 of the recursion, $dx_{n-1} = dz_n W_n^\top$, uses $W_n$. If a
+        layer is updated as soon as its gradient is known ($W_n \leftarrow W_n - \eta\, dW_n$)
+        and the pass then continues through the *updated* $W_n$, every layer below receives
+        $dz_n (W_n - \eta\, dW_n)^\top$ instead of $dz_n W_n^\top$: an error of order
+        $\eta \lVert dz_n\, dW_n^\top \rVert$, which grows linearly with the learning rate.
+        The top layer is unaffected (its gradient is taken before anything changes); every
+        layer below is wrong. Measured against `jax.grad`:
+        """),
+        code("""
+        reference = unpack(jax.grad(autodiff_loss)(params, model))
+        correct = manual_grads(Ws, bs, x0, labels)
+        lrs = [1e-3, 1e-2, 1e-1, 1.0]
+        err = np.zeros((len(lrs), len(Ws)))  # relative error of dW_i, update-as-you-go
+        for r, lr in enumerate(lrs):
+            buggy = manual_grads(Ws, bs, x0, labels, lr=lr)
+            for i in range(len(Ws)):
+                err[r, i] = relative_error(buggy[i][0], reference[0][i])
+            assert np.array_equal(buggy[-1][0], correct[-1][0])  # the top layer is untouched
+        ok = [relative_error(correct[i][0], reference[0][i]) for i in range(len(Ws))]
+
+        show_table(
+            ["learning rate", *[f"dW{i + 1} rel err" for i in range(len(Ws))]],
+            [("all grads first", *ok)] + [(f"update-as-you-go η={lr:g}", *map(float, e)) for lr, e in zip(lrs, err)],
+        )
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for i in range(len(Ws) - 1):
+            ax.loglog(lrs, err[:, i], "o-", label=f"dW{i + 1} (layer {i + 1})")
+        ax.loglog(lrs, [err[0, 0] * lr / lrs[0] for lr in lrs], "k:", label="∝ η")
+        ax.set(xlabel="learning rate η", ylabel="relative error vs jax.grad",
+               title="Back-propagating through already-updated weights")
+        ax.legend()
+        plt.show()
+
+        assert max(ok) < 1e-12
+        assert err[lrs.index(1e-1), :-1].min() > 1e-3  # lower layers are visibly wrong
+        slopes = np.diff(np.log10(err[:3, 0]))  # decade by decade at small η: error ∝ η
+        print("log10 error per decade of η (layer 1):", np.round(slopes, 3))
+        assert np.all(np.abs(slopes - 1) < 0.1)
+        """),
+        md(r"""
+        ## 6. The update: $W \leftarrow W - \eta\,(\partial E/\partial W + \lambda W)$
+
+        With an L2 penalty $\tfrac{\lambda}{2}\lVert W\rVert^2$ added to the error, its gradient
+        $\lambda W$ joins $\partial E/\partial W$ ("weight decay"), and gradient descent with
+        learning rate $\eta$ gives the classic rule above. `funcbp.train.classic_sgd(η, λ)` is
+        that rule as an optax chain (`add_decayed_weights(λ)` then `sgd(η)`); by default the decay
+        applies to weight matrices only (biases are not decayed, the usual practice), and
+        `decay_all=True` applies it to every parameter, exactly as the formula is written.
+        Both must agree with the rule coded by hand — bit for bit, since the arithmetic is the
+        same.
+        """),
+        code("""
+        eta, lam = 0.05, 1e-3
+        grads = jax.grad(autodiff_loss)(params, model)  # all gradients first …
+
+        by_hand_all = jax.tree.map(lambda p, g: p - eta * (g + lam * p), params, grads)
+        by_hand_masked = jax.tree.map(  # decay only ndim ≥ 2 (weights), not biases
+            lambda p, g: p - eta * (g + lam * p) if p.ndim >= 2 else p - eta * g, params, grads
+        )
+
+
+        def optax_step(opt):
+            updates, _ = opt.update(grads, opt.init(params), params)  # … then one update
+            return optax.apply_updates(params, updates)
+
+
+        same_all = jax.tree.map(np.array_equal, by_hand_all, optax_step(classic_sgd(eta, lam, decay_all=True)))
+        same_masked = jax.tree.map(np.array_equal, by_hand_masked, optax_step(classic_sgd(eta, lam)))
+        print("bit-identical, decay_all=True :", jax.tree.leaves(same_all))
+        print("bit-identical, default mask   :", jax.tree.leaves(same_masked))
+        assert all(jax.tree.leaves(same_all)) and all(jax.tree.leaves(same_masked))
+
+        # λW is the gradient of the penalty: plain SGD on E + λ/2 Σ‖W‖² is the same step
+        penalised = lambda p: autodiff_loss(p, model) + 0.5 * lam * sum(
+            jnp.sum(w**2) for w in jax.tree.leaves(p)
+        )
+        sgd_on_penalty = jax.tree.map(lambda p, g: p - eta * g, params, jax.grad(penalised)(params))
+        e_pen = max(jax.tree.leaves(jax.tree.map(relative_error, sgd_on_penalty, by_hand_all)))
+        print(f"SGD on E + λ/2‖W‖² vs the decayed update: rel err {e_pen:.2e}")
+        assert e_pen < 1e-14
+        """),
+        md(r"""
+        ## Summary
+
+        * $dW = X^\top dY$, $dX = dY W^\top$, $db = \mathbf 1^\top dY$ agree with `jax.grad` to
+          float64 rounding and with finite differences to their truncation error.
+        * $X^\top dY$ is the sum of per-sample outer products $x_n \otimes dy_n$.
+        * Storing $W$ as $(O, I)$ (PyTorch) or $(I, O)$ (funcbp) is a layout convention; the
+          gradients are transposes of each other.
+        * The recursion $dx_{n-1} = dx_n\, \partial x_n/\partial x_{n-1}$ written by hand, the
+          explicit engine `funcbp.backprop` and `jax.grad` agree for 2 and 3 layers.
+        * Updating a layer before propagating through it corrupts every lower layer's gradient
+          by an error proportional to $\eta$: compute all gradients first, then update.
+        * `classic_sgd` is exactly $W \leftarrow W - \eta(\partial E/\partial W + \lambda W)$.
+        """),
+    ]
+
+
+# =============================================================================================
+# 02: every registered op vs jax.grad
+# =============================================================================================
+def every_op_cells():
+    return [
+        md(r"""
+        # 02 — Every op vs `jax.grad`
+
+        Every differentiable primitive in `funcbp.ops.REGISTRY` has a plain reference forward,
+        a residual-keeping forward `fwd` and a hand-derived backward `bwd`. This notebook checks
+        every registered op — including ops added after it was written — against autodiff and
+        finite differences, on random shapes and random cotangents.
+
+        For an op $y = f(a_1, \dots, a_k)$ and a random cotangent $u$ with the shape of $y$
+        (normal noise: never all ones, which would hide a transposed or wrongly summed formula),
+        the scalar
+
+        $$\mathcal L(a) = \langle f(a), u\rangle = \sum y \odot u
+        \quad\text{has}\quad \nabla_{a_i} \mathcal L = J_{f,a_i}(a)^\top u ,$$
+
+        the vector–Jacobian product that `bwd` computes. Three sources of it:
+
+        | source | how |
+        |---|---|
+        | hand | `jax.grad` through the op's `jax.custom_vjp` (its `bwd`) |
+        | autodiff | `jax.grad` of the plain reference: the ground truth |
+        | finite differences | $\big(\mathcal L(a + \varepsilon e_j) - \mathcal L(a - \varepsilon e_j)\big) / 2\varepsilon$ per element, float64, $\varepsilon = 10^{-6}$ |
+
+        Errors are relative, $\lVert g - g_{\text{ref}}\rVert / \lVert g_{\text{ref}}\rVert$,
+        worst over the op's differentiable inputs (integer labels and PRNG keys have none).
+        Bounds come from `funcbp.check`: $10^{-5}$ in float32, $10^{-10}$ in float64,
+        $10^{-6}$ against finite differences.
+        """),
+        code(
+            SETUP
+            + """
+import importlib
+import pkgutil
+import time
+
+import funcbp.ops
+from funcbp import check
+from funcbp.ops import REGISTRY
+
+# Import every op module, so an op that is registered but not yet re-exported is covered too.
+for info in pkgutil.iter_modules(funcbp.ops.__path__):
+    if not info.name.startswith("_"):
+        importlib.import_module(f"funcbp.ops.{info.name}")
+
+OPS = list(REGISTRY)  # registration order
+print(f"{len(OPS)} registered ops:", ", ".join(OPS))
+assert len(OPS) >= 11
+"""
+        ),
+        md(r"""
+        ## Random shapes × random cotangents
+
+        Each op's own sampler (`op.sample(key, dtype)`) draws random shapes, static
+        configuration and values kept away from kinks and ties (so finite differences are
+        meaningful). Every new shape compiles, so the shapes are few and small; for each shape
+        many random cotangents are checked in one `vmap`-ed, jitted program. The float32 check
+        runs on the float64 sample rounded to float32. Finite differences are skipped for ops
+        marked non-smooth (`op.smooth = False`).
+        """),
+        code("""
+        SHAPES_PER_OP = 3  # random shapes per op (each one compiles)
+        COTANGENTS = 8  # random cotangents per shape (one vmapped call)
+        COMPARISONS = {  # name: (dtype, source, reference source, tolerance)
+            "float32 hand vs autodiff": ("float32", "hand", "autodiff", check.TOLERANCE["float32"]),
+            "float64 hand vs autodiff": ("float64", "hand", "autodiff", check.TOLERANCE["float64"]),
+            "float64 hand vs finite diff": ("float64", "hand", "fd", check.FD_TOLERANCE["float64"]),
+        }
+
+
+        def cast(arrays, dtype):
+            \"\"\"Floating arrays to ``dtype``; integer ids, labels and PRNG keys unchanged.\"\"\"
+            return tuple(
+                a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in arrays
+            )
+
+
+        def make_vjps(op, static, plan):
+            \"\"\"One jitted program per shape: {dtype: {source: VJPs, batched over cotangents}}.
+
+            ``plan`` maps a dtype to the sources needed in it; the arrays come in float64 and are
+            rounded to each dtype inside, the cotangents come batched with a leading axis.
+            \"\"\"
+
+            def one(arrays, u, sources):
+                return {s: check.op_gradients(op, arrays, static, u, s, jit=False) for s in sources}
+
+            def run(arrays, cotangents):
+                result = {}
+                for dtype, sources in plan.items():
+                    rounded = cast(arrays, dtype)
+                    batched = lambda u, a=rounded, s=sources: one(a, u, s)
+                    result[dtype] = jax.vmap(batched)(cotangents[dtype])
+                return result
+
+            return jax.jit(run)
+
+
+        def worst_rel(got, ref):
+            \"\"\"Per cotangent: the worst relative error over the differentiable inputs.\"\"\"
+            per_leaf = []
+            for g, r in zip(got, ref):
+                if r is None:
+                    continue
+                g = np.asarray(g, np.float64).reshape(len(g), -1)
+                r = np.asarray(r, np.float64).reshape(len(r), -1)
+                num, den = np.linalg.norm(g - r, axis=1), np.linalg.norm(r, axis=1)
+                per_leaf.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), num))
+            return np.max(per_leaf, axis=0)
+
+
+        # Cotangents are drawn with NumPy, outside the compiled programs (jax.random inside
+        # would compile the PRNG into every one of them: several times slower here).
+        np_rng = np.random.default_rng(0)
+        errors = {name: {c: [] for c in COMPARISONS} for name in OPS}  # op -> comparison -> errs
+        described, first_sample = {}, {}
+        t0 = time.perf_counter()
+        for name in OPS:
+            op = REGISTRY[name]
+            wanted = [c for c, v in COMPARISONS.items() if op.smooth or v[2] != "fd"]
+            plan = {}
+            for c in wanted:
+                plan.setdefault(COMPARISONS[c][0], set()).update(COMPARISONS[c][1:3])
+            plan = {dtype: tuple(sorted(sources)) for dtype, sources in plan.items()}
+            for s in range(SHAPES_PER_OP):
+                arrays, static = op.sample(jax.random.key(1000 + s), jnp.float64)
+                first_sample.setdefault(name, (arrays, static))
+                described.setdefault(name, []).append(
+                    " ".join(str(tuple(np.shape(a))) for a in arrays)
+                    + "".join(f" {k}={v}" for k, v in static.items())
+                )
+                out = jax.eval_shape(lambda *a: op.autodiff(*a, **static), *arrays)
+                u64 = jax.tree.map(lambda o: np_rng.standard_normal((COTANGENTS, *o.shape)), out)
+                cotangents = {dtype: jax.tree.map(lambda u: u.astype(dtype), u64) for dtype in plan}
+                grads = make_vjps(op, static, plan)(tuple(arrays), cotangents)
+                for c in wanted:
+                    dtype, a, b, _ = COMPARISONS[c]
+                    errors[name][c].extend(worst_rel(grads[dtype][a], grads[dtype][b]))
+        print(f"{len(OPS)} ops × {SHAPES_PER_OP} shapes × {COTANGENTS} cotangents "
+              f"in {time.perf_counter() - t0:.1f} s")
+        """),
+        md(r"""
+        ## Worst relative error per op
+
+        The worst over all shapes and cotangents; `—` where a comparison does not apply
+        (finite differences of a non-smooth op). The shapes column shows the first sample
+        drawn (array shapes, then static configuration).
+        """),
+        code("""
+        headers = ["op", *[c.replace(" vs ", "/").replace("float", "f") for c in COMPARISONS], "first shapes"]
+        rows, failures = [], []
+        for name in OPS:
+            row = [name]
+            for c, (_, _, _, tol) in COMPARISONS.items():
+                e = errors[name][c]
+                if not e:
+                    row.append("—")
+                    continue
+                worst = float(np.max(e))
+                row.append(worst)
+                if not worst <= tol:
+                    failures.append((name, c, worst, tol))
+            rows.append((*row, described[name][0]))
+        show_table(headers, rows)
+        print("\\ntolerances:", {c: v[3] for c, v in COMPARISONS.items()})
+        assert not failures, failures
+        assert all(len(errors[n]["float64 hand vs autodiff"]) == SHAPES_PER_OP * COTANGENTS for n in OPS)
+        """),
+        md(r"""
+        ## Error distributions
+
+        One row per op, one dot per (shape, cotangent) pair, on a log axis; the dashed lines
+        are the tolerances in the matching colour. Errors that are exactly zero (the hand and
+        autodiff formulas compiled to the same arithmetic) are drawn at the left edge, "0 (exact)".
+        """),
+        code("""
+        FLOOR = 1e-18
+        colors = dict(zip(COMPARISONS, ["tab:orange", "tab:blue", "tab:purple"]))
+        offsets = dict(zip(COMPARISONS, np.linspace(-0.3, 0.3, len(COMPARISONS))))
+        rng = np.random.default_rng(0)
+        fig, ax = plt.subplots(figsize=(9, 0.38 * len(OPS) + 1.8), layout="constrained")
+        labelled = set()
+        for i, name in enumerate(OPS):
+            for c, e in errors[name].items():
+                if e:
+                    y = i + offsets[c] + rng.uniform(-0.05, 0.05, len(e))
+                    ax.scatter(np.maximum(e, FLOOR), y, s=9, color=colors[c], alpha=0.7,
+                               label=None if c in labelled else c)
+                    labelled.add(c)
+        for c, (_, _, _, tol) in COMPARISONS.items():
+            ax.axvline(tol, color=colors[c], ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlim(FLOOR / 3, 1e-3)
+        ax.set_xticks([FLOOR, *(10.0**k for k in range(-16, -3, 2))],
+                      ["0 (exact)", *(f"$10^{{{k}}}$" for k in range(-16, -3, 2))])
+        ax.minorticks_off()
+        ax.set_yticks(range(len(OPS)), OPS)
+        ax.set_ylim(len(OPS) - 0.5, -0.5)
+        ax.set_xlabel("relative error ‖g − g_ref‖ / ‖g_ref‖")
+        ax.set_title("Hand-derived VJPs vs autodiff and finite differences")
+        fig.legend(loc="outside lower center", ncol=3, fontsize=8)
+        plt.show()
+        """),
+        md(r"""
+        ## Timing: hand VJP vs autodiff
+
+        The jitted gradient $\nabla \mathcal L$ of each op through its hand `bwd` and through
+        `jax.grad` of the reference, float32, at the op's first sampled shape. Calls alternate
+        between the two (so drifts in machine load hit both alike) and the median is reported.
+        At these tiny shapes the time is mostly dispatch overhead — both paths are one XLA
+        program each — so a ratio near 1 is expected; `benchmarks/` measures realistic sizes.
+        """),
+        code("""
+        REPEATS = 101
+
+
+        def pairing_grad(fn, static, arrays, u):
+            argnums = tuple(i for i, a in enumerate(arrays) if jnp.issubdtype(a.dtype, jnp.floating))
+
+            def loss(*a):
+                out = fn(*a, **static)
+                return sum(jnp.vdot(o, c) for o, c in zip(jax.tree.leaves(out), jax.tree.leaves(u)))
+
+            return jax.jit(jax.grad(loss, argnums=argnums))
+
+
+        rows, medians = [], {}
+        for name in OPS:
+            op = REGISTRY[name]
+            arrays, static = first_sample[name]
+            arrays = tuple(  # float32 copies through NumPy: no extra compilation
+                jnp.asarray(np.asarray(a, np.float32)) if jnp.issubdtype(a.dtype, jnp.floating) else a
+                for a in arrays
+            )
+            out = jax.eval_shape(lambda *a: op.autodiff(*a, **static), *arrays)
+            u = jax.tree.map(lambda o: jnp.asarray(np_rng.standard_normal(o.shape).astype(o.dtype)), out)
+            fns = {"hand": pairing_grad(op.hand, static, arrays, u),
+                   "autodiff": pairing_grad(op.autodiff, static, arrays, u)}
+            results = {k: jax.block_until_ready(f(*arrays)) for k, f in fns.items()}  # compile
+            times = {k: [] for k in fns}
+            for r in range(REPEATS):
+                for k in (("hand", "autodiff") if r % 2 == 0 else ("autodiff", "hand")):
+                    t = time.perf_counter()
+                    jax.block_until_ready(fns[k](*arrays))
+                    times[k].append(time.perf_counter() - t)
+            medians[name] = {k: 1e6 * float(np.median(v)) for k, v in times.items()}
+            assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(results["hand"]))
+            rows.append((name, described[name][0], f"{medians[name]['hand']:.1f}",
+                         f"{medians[name]['autodiff']:.1f}",
+                         f"{medians[name]['hand'] / medians[name]['autodiff']:.2f}"))
+        show_table(["op", "shapes", "hand µs", "autodiff µs", "hand/autodiff"], rows)
+        """),
+        md(r"""
+        ## Summary
+
+        Every registered op's hand-derived backward matches `jax.grad` of its reference to
+        float32 and float64 rounding and agrees with central finite differences — over random shapes,
+        random static configuration and random cotangents. The assertions above fail the test
+        suite if any op, present or future, breaks its bound.
+        """),
+    ]
+
+
+# =============================================================================================
+# 03: training hand vs autodiff
+# =============================================================================================
+def training_cells():
+    return [
+        md(r"""
+        # 03 — Training with hand VJPs vs autodiff
+
+        The same MLP (64 → 128 → 128 → 10, ReLU) is trained on scikit-learn's bundled 8×8
+        digits twice, from the same initialisation, on the same mini-batches, with the classic
+        update $W \leftarrow W - \eta(\partial E/\partial W + \lambda W)$:
+
+        * **hand** — `jax.grad` through the ops' custom VJPs (the hand-derived backward passes);
+        * **autodiff** — `jax.grad` of the plain reference forward passes.
+
+        Exact gradient formulas do not make the two runs bit-identical in float32: the hand
+        backward and XLA's autodiff sum in a different order, so they differ in the last bits
+        and those differences accumulate over the steps of training. The second part
+        measures that drift step by step and shows it is rounding, not a formula: in float64
+        it is orders of magnitude smaller.
+        """),
+        code(
+            SETUP
+            + """
+import time
+
+from funcbp import nn
+from funcbp.data import load_digits
+from funcbp.fit import fit, init_model
+from funcbp.train import classic_sgd, make_train_step
+
+data = load_digits(seed=0)  # x (n, 64) float32 standardised, y (n,) int32
+model = nn.mlp([128, 128, 10])
+print("train", data.x_train.shape, data.x_train.dtype, " test", data.x_test.shape,
+      " classes", data.n_classes)
+"""
+        ),
+        md(r"""
+        ## 1. Two runs with `fit`
+
+        `fit` derives everything random from one seed: the initial parameters and the shuffle
+        of every epoch. Two runs with the same seed therefore start from the same weights and
+        see the same batches; only the gradient path differs. Mean softmax cross-entropy,
+        batch 64, $\eta = 0.05$, $\lambda = 10^{-4}$ on the weight matrices.
+        """),
+        code("""
+        EPOCHS, BATCH, LR, WD, SEED = 15, 64, 0.05, 1e-4, 0
+        runs = {}
+        for gradients in ("hand", "autodiff"):
+            runs[gradients] = fit(model, data, optimizer=classic_sgd(LR, WD), epochs=EPOCHS,
+                                  batch_size=BATCH, seed=SEED, gradients=gradients, progress=False)
+
+        h, a = runs["hand"].history, runs["autodiff"].history
+        show_table(
+            ["gradients", "final train loss", "train acc", "test loss", "test acc"],
+            [(g, r.history["train_loss"][-1], f"{r.history['train_accuracy'][-1]:.4f}",
+              r.history["test_loss"][-1], f"{r.history['test_accuracy'][-1]:.4f}")
+             for g, r in runs.items()],
+        )
+
+        step_h, step_a = np.array(h["step_loss"]), np.array(a["step_loss"])
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.4))
+        ax0.plot(step_h, lw=2.5, alpha=0.6, label="hand VJPs")
+        ax0.plot(step_a, lw=1, ls="--", color="k", label="autodiff")
+        ax0.set(yscale="log", xlabel="step", ylabel="mini-batch loss", title="Loss curves (overlaid)")
+        ax0.legend()
+        gap = np.abs(step_h - step_a)
+        ax1.semilogy(np.flatnonzero(gap), gap[gap > 0], ".", ms=3)
+        ax1.set(xlabel="step", ylabel="|loss_hand − loss_autodiff|",
+                title=f"Their difference, float32 ({np.sum(gap == 0)} of {len(gap)} steps equal)")
+        fig.tight_layout()
+        plt.show()
+
+        assert h["test_accuracy"][-1] > 0.9 and a["test_accuracy"][-1] > 0.9
+        assert abs(h["test_accuracy"][-1] - a["test_accuracy"][-1]) <= 0.01
+        assert np.max(gap) < 1e-5
+        """),
+        md(r"""
+        ### What the hand-trained model gets wrong
+
+        Test digits the hand-trained model misclassifies (pixels un-standardised for display),
+        and how often the two models predict the same class.
+        """),
+        code("""
+        predict = jax.jit(lambda p, s, x: jnp.argmax(model.apply(p, s, x, train=False)[0], axis=-1))
+        pred = {g: np.asarray(predict(r.params, r.state, data.x_test)) for g, r in runs.items()}
+        agree = float(np.mean(pred["hand"] == pred["autodiff"]))
+        wrong = np.flatnonzero(pred["hand"] != data.y_test)
+        print(f"test accuracy hand {np.mean(pred['hand'] == data.y_test):.4f}, "
+              f"autodiff {np.mean(pred['autodiff'] == data.y_test):.4f}; "
+              f"the two models agree on {agree:.2%} of test digits; hand misclassifies {len(wrong)}")
+
+        shown = wrong[:8]
+        fig, axes = plt.subplots(1, 8, figsize=(10, 1.9))
+        for ax, i in zip(axes, shown):
+            pixels = data.x_test[i] * data.std + data.mean  # back to the 0..16 grey levels
+            ax.imshow(pixels.reshape(8, 8), cmap="gray_r", vmin=0, vmax=16)
+            ax.set_title(f"true {data.y_test[i]}\\npred {pred['hand'][i]}", fontsize=9)
+        for ax in axes:
+            ax.axis("off")
+        fig.tight_layout()
+        plt.show()
+        assert agree >= 0.98
+        """),
+        md(r"""
+        ## 2. Where the two runs part ways, step by step
+
+        The same training written with the step function `make_train_step` (what `fit` calls),
+        run in lock-step for three gradient paths — hand, autodiff, and the explicit engine
+        (`funcbp.backprop`: each layer's hand `bwd` called in reverse order, no `jax.grad`) —
+        from the same initial parameters on the same batches. After every step we record the
+        parameter difference to the autodiff run: max abs and relative
+        $\lVert \theta_{\text{hand}} - \theta_{\text{auto}}\rVert / \lVert\theta_{\text{auto}}\rVert$
+        over all parameters. Once in float32 and once in float64. (Hand and explicit run the same
+        `bwd` functions, so their curves lie on top of each other.)
+        """),
+        code("""
+        STEPS = 330  # = 15 epochs of 22 batches
+        PATHS = {"hand": dict(gradients="hand"), "explicit": dict(gradients="hand", engine="explicit"),
+                 "autodiff": dict(gradients="autodiff")}
+
+
+        @jax.jit
+        def param_diff(p, q):
+            d = jax.tree.leaves(jax.tree.map(lambda x, y: x - y, p, q))
+            max_abs = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in d]))
+            norm = lambda leaves: jnp.sqrt(sum(jnp.sum(x.astype(jnp.float64) ** 2) for x in leaves))
+            return max_abs, norm(d) / norm(jax.tree.leaves(q))
+
+
+        rng = np.random.default_rng(SEED)
+        n_batches = len(data.x_train) // BATCH
+        order = np.concatenate([rng.permutation(len(data.x_train))[: n_batches * BATCH]
+                                for _ in range(-(-STEPS // n_batches))]).reshape(-1, BATCH)[:STEPS]
+
+        drift, steppers, finals = {}, {}, {}
+        for dtype in (jnp.float32, jnp.float64):
+            opt = classic_sgd(LR, WD)
+            params0, state0 = init_model(model, SEED, data.x_train.shape[1:], dtype)
+            xs, ys = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train)
+            steps = {k: make_train_step(model, opt, **kw) for k, kw in PATHS.items()}
+            carry = {k: (params0, opt.init(params0), state0) for k in PATHS}
+            rec = {k: np.zeros((STEPS, 2)) for k in ("hand", "explicit")}
+            for t in range(STEPS):
+                batch = (xs[order[t]], ys[order[t]])
+                for k, step in steps.items():
+                    p, o, s, _ = step(*carry[k], batch, None)
+                    carry[k] = (p, o, s)
+                for k in rec:
+                    rec[k][t] = param_diff(carry[k][0], carry["autodiff"][0])
+            drift[jnp.dtype(dtype).name], steppers[jnp.dtype(dtype).name] = rec, steps
+            finals[jnp.dtype(dtype).name] = {k: c[0] for k, c in carry.items()}
+
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
+        styles = {"hand": dict(lw=4, alpha=0.4), "explicit": dict(lw=1, ls="--")}
+        for color, (dt, rec) in zip(("tab:blue", "tab:red"), drift.items()):
+            for k, v in rec.items():
+                for ax, col in ((ax0, 0), (ax1, 1)):
+                    ax.semilogy(np.maximum(v[:, col], 1e-18), color=color, **styles[k],
+                                label=f"{k} vs autodiff, {dt}")
+        ax0.set(xlabel="step", ylabel="max |Δθ|", title="Max abs parameter difference")
+        ax1.set(xlabel="step", ylabel="‖Δθ‖ / ‖θ‖", title="Relative parameter difference")
+        ax1.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+        show_table(
+            ["run", "max |Δθ| (end)", "rel (end)", "rel (max over steps)"],
+            [(f"{k} vs autodiff, {dt}", float(v[-1, 0]), float(v[-1, 1]), float(v[:, 1].max()))
+             for dt, rec in drift.items() for k, v in rec.items()],
+        )
+        for k in ("hand", "explicit"):
+            assert drift["float64"][k][:, 1].max() < 1e-10, k  # exact formulas: rounding only
+            assert drift["float32"][k][:, 1].max() < 1e-5, k
+            assert drift["float64"][k][:, 1].max() < 1e-3 * drift["float32"][k][:, 1].max()
+        """),
+        md(r"""
+        ## 3. Speed: steps per second
+
+        Jitted float32 training steps on one fixed batch; blocks of steps alternate between the
+        three paths and the median block time is reported. On an MLP this small a step is a
+        few dozen microseconds of arithmetic, so the numbers mostly measure dispatch overhead;
+        `benchmarks/` compares realistic sizes.
+        """),
+        code("""
+        BLOCK, BLOCKS = 25, 15
+        steps = steppers["float32"]
+        params0, state0 = init_model(model, SEED, data.x_train.shape[1:], jnp.float32)
+        opt = classic_sgd(LR, WD)
+        batch = (jnp.asarray(data.x_train[:BATCH]), jnp.asarray(data.y_train[:BATCH]))
+        times = {k: [] for k in steps}
+        for r in range(BLOCKS):
+            for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+                carry = (params0, opt.init(params0), state0)
+                jax.block_until_ready(carry)
+                t = time.perf_counter()
+                for _ in range(BLOCK):
+                    p, o, s, m = steps[k](*carry, batch, None)
+                    carry = (p, o, s)
+                jax.block_until_ready(carry)
+                times[k].append((time.perf_counter() - t) / BLOCK)
+        show_table(["gradient path", "steps/s (median)", "µs/step"],
+                   [(k, f"{1 / np.median(v):.0f}", f"{1e6 * np.median(v):.0f}") for k, v in times.items()])
+        assert all(np.isfinite(np.median(v)) and np.median(v) > 0 for v in times.values())
+        """),
+        md(r"""
+        ## Summary
+
+        Trained from the same initialisation on the same batches, the hand-VJP and autodiff
+        runs reach the same accuracy with loss curves that lie on top of each other. Their
+        parameters drift apart only by float32 rounding (the two backward passes sum in
+        different orders); in float64 the drift stays near machine precision, which shows the
+        hand gradients are the true gradients and not an approximation of them.
+        """),
+    ]
+
+
+# =============================================================================================
+NOTEBOOKS = {
+    "01_linear_layer_by_hand.ipynb": (
+        "The linear layer Y = XW + b: dL/dW, dL/dX, dL/db derived, coded in jnp and checked "
+        "against jax.grad and finite differences; outer products; the chained recursion; why "
+        "update only after all gradients; the L2 update vs classic_sgd.",
+        linear_layer_cells,
+    ),
+    "02_every_op_vs_jax_grad.ipynb": (
+        "Every op in funcbp.ops.REGISTRY: hand VJP vs autodiff (float32, float64) and vs "
+        "finite differences (float64) over random shapes and cotangents; error distributions "
+        "per op; hand vs autodiff timings.",
+        every_op_cells,
+    ),
+    "03_training_hand_vs_autodiff.ipynb": (
+        "An MLP trained on digits with hand VJPs and with autodiff from the same init: loss "
+        "curves, per-step parameter drift (float32 vs float64), accuracy, misclassified "
+        "digits, steps/s.",
+        training_cells,
+    ),
+}
+
+
+def notebook(filename: str) -> nbformat.NotebookNode:
+    """The unexecuted notebook ``filename`` built from the cells above."""
+    _, cells = NOTEBOOKS[filename]
+    nb = new_notebook(cells=cells())
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def sources(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """``(cell_type, source)`` of every cell: what `tests/test_notebooks.py` compares."""
+    return [(c.cell_type, c.source) for c in nb.cells]
+
+
+@contextlib.contextmanager
+def venv_kernel():
+    """Yield the name of a kernel that runs ``sys.executable`` (this venv's python).
+
+    The kernelspec lives in a temporary directory put first on ``JUPYTER_PATH`` for the
+    duration; the previous value is restored afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix="funcbp-kernel-") as tmp:
+        spec_dir = Path(tmp) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        spec = {
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"funcbp ({sys.executable})",
+            "language": "python",
+        }
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = tmp + (os.pathsep + old if old else "")
+        try:
+            yield KERNEL_NAME
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
+
+
+def execute(nb: nbformat.NotebookNode, *, cwd: Path = HERE, timeout: int = TIMEOUT_S) -> float:
+    """Execute ``nb`` in place with the venv kernel; returns the wall time in seconds and
+    records it, with the kernel's CPU time, in ``nb.metadata["funcbp"]``.
+
+    Raises `nbclient.exceptions.CellExecutionError` (with the cell's traceback) when a cell
+    fails, e.g. an ``assert`` on the numbers.
+    """
+    from nbclient import NotebookClient
+
+    metadata = dict(nb.metadata)
+    with venv_kernel() as kernel_name:
+        client = NotebookClient(
+            nb,
+            kernel_name=kernel_name,
+            timeout=timeout,
+            record_timing=False,
+            resources={"metadata": {"path": str(cwd)}},
+        )
+        cpu0, t0 = _children_cpu(), time.perf_counter()
+        client.execute()  # the kernel is shut down and reaped before this returns
+        seconds, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    nb.metadata["kernelspec"] = metadata.get("kernelspec", dict(KERNELSPEC))
+    nb.metadata["funcbp"] = {"execution_s": round(seconds, 1), "kernel_cpu_s": round(cpu, 1)}
+    return seconds
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's terminated children (the kernel)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_readme(times: dict[str, dict]) -> None:
+    lines = [
+        "# Notebooks",
+        "",
+        "Gradient-comparison notebooks: every formula is derived in markdown, coded, and proved",
+        "numerically with `assert`s. They are generated by `build.py` (edit the cells there, not",
+        "the `.ipynb` files), committed with their outputs, and re-executed from scratch by",
+        "`tests/test_notebooks.py` (`pytest -m slow tests/test_notebooks.py`).",
+        "",
+        "    .venv/bin/python notebooks/build.py        # rebuild + execute all, rewrite this file",
+        "",
+        "| notebook | what it shows | wall time | kernel CPU time |",
+        "|---|---|---|---|",
+    ]
+    for name, (description, _) in NOTEBOOKS.items():
+        t = times.get(name, {})
+        wall = f"{t['execution_s']:.0f} s" if "execution_s" in t else "not measured"
+        cpu = f"{t['kernel_cpu_s']:.0f} s" if "kernel_cpu_s" in t else "not measured"
+        lines.append(f"| [{name}]({name}) | {description} | {wall} | {cpu} |")
+    lines += [
+        "",
+        "Measured when the notebooks were last built, on a 2-core CPU machine shared with other",
+        "jobs: the wall time (kernel start included) depends on that load; the kernel's CPU time",
+        "(user + system, all threads) is the better guide to the wall time on an idle machine.",
+        "",
+    ]
+    (HERE / "README.md").write_text("\n".join(lines))
+
+
+def _recorded_times() -> dict[str, dict]:
+    """The timings stored in the committed notebooks' metadata."""
+    out = {}
+    for name in NOTEBOOKS:
+        path = HERE / name
+        if path.exists():
+            out[name] = dict(nbformat.read(path, as_version=4).metadata.get("funcbp", {}))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="substrings selecting notebooks (default: all)")
+    parser.add_argument("--no-execute", action="store_true", help="write without outputs")
+    args = parser.parse_args(argv)
+    chosen = [n for n in NOTEBOOKS if not args.names or any(s in n for s in args.names)]
+    if not chosen:
+        parser.error(f"no notebook matches {args.names}; have {list(NOTEBOOKS)}")
+    times = _recorded_times()
+    for name in chosen:
+        nb = notebook(name)
+        if not args.no_execute:
+            print(f"executing {name} ...", flush=True)
+            execute(nb)
+            times[name] = dict(nb.metadata["funcbp"])
+            print(
+                f"  {times[name]['execution_s']:.1f} s wall, "
+                f"{times[name]['kernel_cpu_s']:.1f} s kernel CPU",
+                flush=True,
+            )
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / name)
+    write_readme(times)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
