@@ -2,6 +2,7 @@
 #   make train   set up .venv, install, train the default MLP on bundled digits with hand VJPs
 #   make test    set up .venv, install, lint, run the whole test suite (notebooks included)
 PYTHON ?= python3
+PYTEST_ARGS ?= -n auto
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

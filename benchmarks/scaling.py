@@ -1,15 +1,18 @@
 """MLP step time vs width and vs batch: where dispatch overhead ends and GEMM time dominates.
 
 Two sweeps of a 2-hidden-layer ReLU MLP (``width → width → width → 10``), hand vs autodiff
-interleaved at every point:
+(and the ``lean`` step: hand gradients without the step's guard and metrics) interleaved at
+every point:
 
 * width sweep at a fixed batch;
 * batch sweep at a fixed width.
 
 Beside them, the dispatch floor: the time of one call of a jitted function that does almost
 nothing (``x + 1`` on a scalar), i.e. the fixed cost of a Python→XLA call on this machine.
-A step costs about ``floor + flops / rate``: while its time stays near a few floors it is
-dispatch-bound; once its GFLOP/s approaches the matmul ceiling it is GEMM-bound.
+A step costs about ``fixed + params·c + flops / rate``: a fixed part (the call, and one small
+kernel launch per op), a part proportional to the parameter count (the optimizer update and the
+guard's passes over every parameter: it dominates at small batch) and the GEMMs; once the
+step's GFLOP/s approaches the matmul ceiling it is GEMM-bound.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from benchmarks.models import ModelSpec, bench_model
 __all__ = ["dispatch_floor", "sweep", "plot", "FULL", "TINY"]
 
 FULL = {
-    "widths": (16, 64, 256, 512, 1024, 2048),
+    "widths": (16, 64, 256, 1024, 2048),
     "width_batch": 256,
-    "batches": (1, 8, 64, 256, 1024, 4096),
+    "batches": (1, 16, 256, 1024, 4096),
     "batch_width": 512,
 }
+SWEEP_VARIANTS = ("hand", "autodiff", "lean")
 TINY = {"widths": (4, 8), "width_batch": 4, "batches": (1, 4), "batch_width": 8}
 
 
@@ -59,7 +63,7 @@ def sweep(config: dict[str, Any], *, repeats: int, target_s: float = 0.05) -> di
         r = bench_model(
             _spec(w, config["width_batch"]),
             repeats=repeats,
-            variants=("hand", "autodiff"),
+            variants=SWEEP_VARIANTS,
             target_s=target_s,
         )
         out["width"].append({"width": w, "batch": config["width_batch"], **r})
@@ -67,7 +71,7 @@ def sweep(config: dict[str, Any], *, repeats: int, target_s: float = 0.05) -> di
         r = bench_model(
             _spec(config["batch_width"], b),
             repeats=repeats,
-            variants=("hand", "autodiff"),
+            variants=SWEEP_VARIANTS,
             target_s=target_s,
         )
         out["batch"].append({"width": config["batch_width"], "batch": b, **r})
@@ -93,7 +97,7 @@ def plot(
         if not points:
             continue
         xs = [p[axis] for p in points]
-        for variant, style in (("hand", "o-"), ("autodiff", "s--")):
+        for variant, style in (("hand", "o-"), ("autodiff", "s--"), ("lean", "^:")):
             ms = [1e3 * p["variants"][variant]["time"].median for p in points]
             lo = [1e3 * p["variants"][variant]["time"].min for p in points]
             hi = [1e3 * p["variants"][variant]["time"].max for p in points]

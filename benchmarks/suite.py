@@ -58,6 +58,31 @@ def wait_for_load(
     }
 
 
+class _LoadTrace:
+    """Samples the 1-minute load average every ``period_s`` in a daemon thread (the suite's own
+    process counts in it: about 2 on 2 cores while a GEMM-bound step runs)."""
+
+    def __init__(self, period_s: float):
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, period_s: float) -> None:
+        while True:
+            self.samples.append((time.perf_counter() - self._t0, os.getloadavg()[0]))
+            if self._stop.wait(period_s):
+                return
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
 def run_suite(
     *,
     scale: str = "full",
@@ -85,11 +110,21 @@ def run_suite(
     res: dict[str, Any] = {"scale": scale, "repeats": repeats, "parts": list(parts)}
     res["machine"] = machine_info()
     t_start = time.perf_counter()
+    part_s: dict[str, float] = {}
+    last = [t_start]
+    trace = _LoadTrace(period_s=10.0)
+
+    def mark(name: str) -> None:
+        now = time.perf_counter()
+        part_s[name] = now - last[0]
+        last[0] = now
+
     mm_n = 128 if tiny else 2048
 
     log(f"matmul ceiling {mm_n}³ ...")
     res["peak"] = [matmul_peak(mm_n, repeats=max(3, min(repeats, 9)))]
 
+    mark("peak")
     if "models" in parts:
         res["models"] = []
         for spec in specs:
@@ -103,11 +138,13 @@ def run_suite(
                 )
             )
 
+    mark("models")
     if "multi" in parts:
         small = next(s for s in M.model_specs(scale) if s.name == "mlp-small")
         log("fused multi-step ...")
         res["multi"] = M.bench_multi_step(small, ks=(2, 4) if tiny else (10, 50), repeats=repeats)
 
+    mark("multi")
     if "scaling" in parts:
         log("scaling sweeps ...")
         res["floor"] = S.dispatch_floor(repeats)
@@ -117,9 +154,11 @@ def run_suite(
             target_s=0.01 if tiny else 0.05,
         )
 
+    mark("scaling")
     log("matmul ceiling again ...")
     res["peak"].append(matmul_peak(mm_n, repeats=max(3, min(repeats, 9))))
 
+    mark("peak again")
     if "peers" in parts:
         from benchmarks.torch_numpy import have_torch, numpy_runner, torch_runner, usable_cores
 
@@ -154,6 +193,7 @@ def run_suite(
                 }
             )
 
+    mark("peers")
     if "flags" in parts:
         from benchmarks.xla_flags import SETTINGS, run_settings
 
@@ -180,7 +220,10 @@ def run_suite(
                 ),
             }
 
+    mark("flags")
+    res["load_trace"] = trace.stop()
     res["seconds"] = time.perf_counter() - t_start
+    res["part_seconds"] = part_s
     res["loadavg_end"] = list(os.getloadavg())
     res["targets"] = targets(res)
     return res
@@ -340,6 +383,12 @@ def render_markdown(res, *, command: str, notes: str = "") -> str:
         f"- load average (1, 5, 15 min) at start: {', '.join(f'{x:.2f}' for x in m['loadavg'])}; "
         f"at end: {', '.join(f'{x:.2f}' for x in res['loadavg_end'])}",
     ]
+    if res.get("load_trace"):
+        loads = sorted(x for _, x in res["load_trace"])
+        lines.append(
+            f"- 1-min load during the run (every 10 s, this process included): min "
+            f"{loads[0]:.2f}, median {loads[len(loads) // 2]:.2f}, max {loads[-1]:.2f}"
+        )
     if res.get("load_wait"):
         w = res["load_wait"]
         lines.append(
@@ -347,7 +396,9 @@ def render_markdown(res, *, command: str, notes: str = "") -> str:
             f"{'reached' if w['reached'] else 'NOT reached, ran anyway'} (polled {w['polled']})"
         )
     lines += [
-        f"- suite time: {res['seconds']:.0f} s; scale {res['scale']}, "
+        f"- suite time: {res['seconds']:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in res.get("part_seconds", {}).items())
+        + f"); scale {res['scale']}, "
         f"up to {res['repeats']} rounds",
         f"- reproduce: `{command}`",
         "",
@@ -507,34 +558,34 @@ def render_markdown(res, *, command: str, notes: str = "") -> str:
             rows = []
             for pt in sc[axis]:
                 h, a = pt["variants"]["hand"], pt["variants"]["autodiff"]
+                lean = pt["variants"].get("lean")
                 rows.append(
                     [
                         pt["width"],
                         pt["batch"],
                         _ms(h["time"]),
                         _ms(a["time"]),
+                        _ms(lean["time"]) if lean else "—",
                         f"{h['time'].median / a['time'].median:.3f}",
-                        f"{h['time'].median / floor.median:.1f}",
+                        f"{lean['time'].median / h['time'].median:.3f}" if lean else "—",
+                        f"{h['time'].median / floor.median:.0f}",
                         f"{_gflops(h):.1f}",
                         f"{100 * _gflops(h) / peak:.1f}%",
                     ]
                 )
-            lines += [
-                md_table(
-                    [
-                        "width",
-                        "batch",
-                        "hand",
-                        "autodiff",
-                        "hand/autodiff",
-                        "hand ÷ floor",
-                        "hand GFLOP/s",
-                        "% peak",
-                    ],
-                    rows,
-                ),
-                "",
+            header = [
+                "width",
+                "batch",
+                "hand",
+                "autodiff",
+                "lean",
+                "hand/autodiff",
+                "lean/hand",
+                "hand ÷ floor",
+                "hand GFLOP/s",
+                "% peak",
             ]
+            lines += [md_table(header, rows), ""]
 
     if res.get("flags"):
         lines += ["## XLA CPU flags: large MLP hand step, one fresh process per setting", ""]

@@ -18,8 +18,8 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
-settings.register_profile("default", max_examples=6, derandomize=True, **_COMMON)
-settings.register_profile("ci", max_examples=6, derandomize=True, **_COMMON)
+settings.register_profile("default", max_examples=3, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=3, derandomize=True, **_COMMON)
 settings.register_profile("deep", max_examples=200, **_COMMON)
 settings.load_profile(os.environ.get("FUNCBP_HYPOTHESIS", "default"))
 
