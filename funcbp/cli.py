@@ -36,6 +36,9 @@ def _cmd_check(args) -> int:
     if unknown:
         print(f"funcbp check: unknown op(s) {unknown}; known: {sorted(REGISTRY)}", file=sys.stderr)
         return 2
+    if args.seeds < 1:
+        print(f"funcbp check: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
+        return 2
     reports = check.check_registry(
         dtypes=("float32", "float64"),
         seeds=range(args.seeds),

@@ -47,7 +47,7 @@ FOUNDATION = {
 
 SEEDS = st.integers(0, 2**31 - 1)
 FEW = settings(max_examples=max(2, settings.default.max_examples // 2))
-"""For the expensive properties: half the loaded profile's examples (3 by default, 100 deep)."""
+"""For the expensive properties: half the loaded profile's examples, at least 2 (100 deep)."""
 
 JVP_ERROR = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
 HVP_TOL = 1e-8
