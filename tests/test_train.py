@@ -45,7 +45,7 @@ def test_classic_sgd_step_equals_hand_formula(jit):
             continue
         check(q["w"], p["w"] - lr * (g["w"] + wd * p["w"]))
         check(q["b"], p["b"] - lr * g["b"])
-    assert bool(all(jax.tree.leaves(m["finite"])))
+    assert bool(jnp.all(m["finite"]))
 
 
 def test_classic_sgd_decay_all_matches_formula_on_every_param():
@@ -82,7 +82,9 @@ def test_nan_guard_keeps_params_and_names_the_tensor(where):
         x = x.at[3, 2].set(jnp.nan)
     step = train.make_train_step(model, opt)
     new_params, new_opt, _, m = step(params, opt.init(params), state, (x, y), None)
-    flags = {k: bool(v) for k, v in m["finite"].items()}
+    names = train.finite_flag_names(params)
+    assert m["finite"].shape == (len(names),) and m["finite"].dtype == jnp.bool_
+    flags = {k: bool(v) for k, v in zip(names, m["finite"], strict=True)}
     assert not all(flags.values())
     if where == "x":
         assert flags["input batch x"] is False
@@ -166,3 +168,42 @@ def test_eval_fn_accuracy_matches_numpy():
         float(np.mean(np.argmax(np.asarray(out), -1) == data.y_test))
     )
     assert float(m["loss"]) == pytest.approx(float(ops.softmax_cross_entropy(out, data.y_test)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 3e19, -2.5])
+def test_guard_flags_exactly_the_non_finite_gradient_leaf(bad, key):
+    """Each gradient leaf gets its own flag; a leaf whose squared norm overflows float32 (an
+    entry of 3e19) counts as non-finite too; grad_norm is the global 2-norm."""
+    _, model, params, _, x, _ = _model_and_batch(jnp.float32)
+    leaves, treedef = jax.tree.flatten(params)
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**30)))
+    grads = [jnp.asarray(rng.normal(size=leaf.shape), jnp.float32) for leaf in leaves]
+    i = int(rng.integers(len(grads)))
+    pos = tuple(int(rng.integers(n)) for n in grads[i].shape)
+    grads[i] = grads[i].at[pos].set(bad)
+    grads = jax.tree.unflatten(treedef, grads)
+    flags, norm = jax.jit(train._guard)(x, jnp.float32(1.0), grads, params)
+    names = train.finite_flag_names(params)
+    flagged = [n for n, ok in zip(names, np.asarray(flags), strict=True) if not ok]
+    path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(params)[0][i][0])
+    assert flagged == ([] if bad == -2.5 else [f"gradient {path}"])
+    if bad == -2.5:
+        expect = np.sqrt(sum(np.sum(np.square(np.float64(g))) for g in jax.tree.leaves(grads)))
+        np.testing.assert_allclose(float(norm), expect, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
+def test_guard_checks_input_and_params_exactly(bad):
+    """x and the updated params are flagged for NaN/inf only: 3e38 (whose square or sum would
+    overflow) is finite and passes."""
+    _, _, params, _, x, _ = _model_and_batch(jnp.float32)
+    grads = jax.tree.map(jnp.ones_like, params)
+    bad_params = jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(bad), params)
+    names = train.finite_flag_names(params)
+    for xs, ps, which in [
+        (x.at[1, 1].set(bad), params, "input batch x"),
+        (x, bad_params, "params after the update"),
+    ]:
+        flags, _ = train._guard(xs, jnp.float32(0.5), grads, ps)
+        flagged = [n for n, ok in zip(names, np.asarray(flags), strict=True) if not ok]
+        assert flagged == ([] if np.isfinite(bad) else [which])
