@@ -25,8 +25,11 @@ four functions from the op and a list of parameter names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import jax
 
 from funcbp.ops import Op
 
@@ -63,12 +66,19 @@ def op_layer(
     init: Callable[..., tuple[Any, Any]],
     param_names: Sequence[str] = (),
     static: dict | None = None,
+    *,
+    remat: bool = False,
 ) -> Layer:
     """A stateless layer computing ``op(x, *params[names], **static)``.
 
     ``init(key, input_shape, dtype) -> (output_shape, params)``. The op's first array is the
     layer input; the remaining arrays are ``params[n]`` for ``n`` in ``param_names``.
+    ``remat=True``: save only the op's inputs and recompute its residuals on the backward pass
+    (`Op.remat` on the hand path and in the explicit engine, `jax.checkpoint` of the reference
+    on the autodiff path); same values and gradients.
     """
+    if remat:
+        op = op.remat
     # Bind once with placeholders: static config with the op's defaults applied, frozen.
     _, frozen = op.split((None,) * op.n_arrays, dict(static or {}))
     static = dict(frozen)
@@ -82,8 +92,10 @@ def op_layer(
         return out_shape, params, {}
 
     def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        fn = op.path(check_gradients(gradients))
-        return fn(*_arrays(params, x), **static), state
+        fn = functools.partial(op.path(check_gradients(gradients)), **static)
+        if remat and gradients == "autodiff":
+            fn = jax.checkpoint(fn)
+        return fn(*_arrays(params, x)), state
 
     def forward(params, state, x, *, key=None, train=False):
         arrays = _arrays(params, x)

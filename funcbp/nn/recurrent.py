@@ -5,6 +5,12 @@ scan transpose calls the hand cell ``bwd`` once per step). ``forward``/``backwar
 explicit engine's backpropagation through time: a scan of the cells' ``fwd`` that stacks each
 step's residuals, then a *reverse* scan of the cells' ``bwd`` that carries dL/dh (and dL/dc)
 from step t to step t−1 and sums the weight gradients over time — no autodiff involved.
+
+``remat=True`` trades memory for one more forward of each cell: only the states entering each
+step are kept (the inputs are the layer's own), and the reverse scan re-runs the cell's ``fwd``
+to rebuild that step's residuals (gates, tanh of the cell state) right before its ``bwd``;
+``apply`` uses the cells' `Op.remat` (``jax.checkpoint`` of the cell on the autodiff path).
+Measured (``python -m funcbp.remat --ops``): see `funcbp.remat`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ def _seed(dy, shape_tm, return_sequences):
     return jnp.zeros(shape_tm, dy.dtype).at[-1].set(dy)
 
 
-def RNN(hidden: int, *, return_sequences: bool = True) -> Layer:
+def RNN(hidden: int, *, return_sequences: bool = True, remat: bool = False) -> Layer:
     """Elman RNN, h_t = tanh(x_t Wx + h_{t−1} Wh + b), h_0 = 0: (N, T, D) -> (N, T, H)
     (or (N, H), the last state, with ``return_sequences=False``).
     Params ``{"wx": (D, H), "wh": (H, H), "b": (H,)}``, LeCun-initialised (tanh)."""
@@ -63,7 +69,9 @@ def RNN(hidden: int, *, return_sequences: bool = True) -> Layer:
         check_gradients(gradients)
         xs = jnp.swapaxes(x, 0, 1)  # (T, N, D)
         h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
-        hs, h_last = rnn(xs, h0, params["wx"], params["wh"], params["b"], gradients=gradients)
+        hs, h_last = rnn(
+            xs, h0, params["wx"], params["wh"], params["b"], gradients=gradients, remat=remat
+        )
         return _outputs(hs, h_last, return_sequences), state
 
     def forward(params, state, x, *, key=None, train=False):
@@ -72,19 +80,26 @@ def RNN(hidden: int, *, return_sequences: bool = True) -> Layer:
 
         def step(h, x_t):
             h_new, (x_r, h_r, _, _, hn_r) = rnn_cell_fwd(x_t, h, wx, wh, b)
-            return h_new, (h_new, (x_r, h_r, hn_r))  # weights are not stacked per step
+            # weights are not stacked per step; with remat h_new is rebuilt on the way back
+            return h_new, (h_new, (x_r, h_r) if remat else (x_r, h_r, hn_r))
 
         h_last, (hs, res) = jax.lax.scan(step, jnp.zeros((x.shape[0], hidden), x.dtype), xs)
         return _outputs(hs, h_last, return_sequences), state, (res, hs.shape)
 
     def backward(params, residuals, dy):
-        (xs, hs_prev, hs_new), shape_tm = residuals
-        wx, wh = params["wx"], params["wh"]
+        res, shape_tm = residuals
+        wx, wh, b = params["wx"], params["wh"], params["b"]
 
         def step(carry, inputs):
             dh_next, dwx, dwh, db = carry
-            (x_t, h_t, hn_t), dh_out = inputs
-            dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd((x_t, h_t, wx, wh, hn_t), dh_out + dh_next)
+            r, dh_out = inputs
+            if remat:  # rebuild this step's residuals once its incoming gradient exists
+                (x_t, h_t), dh_out = jax.lax.optimization_barrier((r, dh_out))
+                _, full = rnn_cell_fwd(x_t, h_t, wx, wh, b)
+            else:
+                x_t, h_t, hn_t = r
+                full = (x_t, h_t, wx, wh, hn_t)
+            dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd(full, dh_out + dh_next)
             return (dh, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
 
         zeros = (
@@ -94,17 +109,16 @@ def RNN(hidden: int, *, return_sequences: bool = True) -> Layer:
             jnp.zeros_like(params["b"]),
         )
         (_, dwx, dwh, db), dxs = jax.lax.scan(
-            step,
-            zeros,
-            ((xs, hs_prev, hs_new), _seed(dy, shape_tm, return_sequences)),
-            reverse=True,
+            step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
         )
         return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
 
-    return Layer(f"rnn{hidden}", init, apply, forward, backward)
+    return Layer(f"rnn{hidden}" + ("_remat" if remat else ""), init, apply, forward, backward)
 
 
-def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0) -> Layer:
+def LSTM(
+    hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0, remat: bool = False
+) -> Layer:
     """LSTM (gates i, f, o, g), h_0 = c_0 = 0: (N, T, D) -> (N, T, H) (or (N, H)).
     Params ``{"wx": (D, 4H), "wh": (H, 4H), "b": (4H,)}``; the forget gate's bias starts at
     ``forget_bias`` (1: remember by default, the usual advice)."""
@@ -126,7 +140,7 @@ def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
         xs = jnp.swapaxes(x, 0, 1)
         h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
         hs, (h_last, _) = lstm(
-            xs, h0, h0, params["wx"], params["wh"], params["b"], gradients=gradients
+            xs, h0, h0, params["wx"], params["wh"], params["b"], gradients=gradients, remat=remat
         )
         return _outputs(hs, h_last, return_sequences), state
 
@@ -138,6 +152,8 @@ def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
             h, c = carry
             (h_new, c_new), res = lstm_cell_fwd(x_t, h, c, wx, wh, b)
             per_step = res[:3] + res[5:]  # drop wx, wh (res[3], res[4]): saved once, not T times
+            if remat:  # only what enters the step; the gates are rebuilt on the way back
+                per_step = res[:3]
             return (h_new, c_new), (h_new, per_step)
 
         h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
@@ -146,12 +162,16 @@ def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
 
     def backward(params, residuals, dy):
         res, shape_tm = residuals
-        wx, wh = params["wx"], params["wh"]
+        wx, wh, b = params["wx"], params["wh"], params["b"]
 
         def step(carry, inputs):
             dh_next, dc_next, dwx, dwh, db = carry
             r, dh_out = inputs
-            full = r[:3] + (wx, wh) + r[3:]
+            if remat:  # rebuild this step's residuals once its incoming gradient exists
+                (x_t, h_t, c_t), dh_out = jax.lax.optimization_barrier((r, dh_out))
+                _, full = lstm_cell_fwd(x_t, h_t, c_t, wx, wh, b)
+            else:
+                full = r[:3] + (wx, wh) + r[3:]
             dx, dh, dc, dwx_t, dwh_t, db_t = lstm_cell_bwd(full, (dh_out + dh_next, dc_next))
             return (dh, dc, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
 
@@ -162,4 +182,4 @@ def LSTM(hidden: int, *, return_sequences: bool = True, forget_bias: float = 1.0
         )
         return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
 
-    return Layer(f"lstm{hidden}", init, apply, forward, backward)
+    return Layer(f"lstm{hidden}" + ("_remat" if remat else ""), init, apply, forward, backward)

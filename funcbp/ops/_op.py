@@ -133,6 +133,34 @@ class Op:
             return self.autodiff
         raise ValueError(f"{self.name}: gradients must be 'hand' or 'autodiff', got {gradients!r}")
 
+    @functools.cached_property
+    def remat(self) -> Op:
+        """This op with *recompute* instead of *save*: ``op.remat(...)`` has the same forward
+        and the same gradients, but its forward keeps only its input arrays, and its backward
+        re-runs ``fwd`` on them to rebuild the residuals just before ``bwd``.
+
+        The per-op form of `jax.checkpoint`, for the hand path and the explicit engine alike
+        (``nn.op_layer(..., remat=True)``; whole segments of a model: `funcbp.remat`). It pays
+        where an op's residuals outweigh its inputs (the recurrent scans keep every step's
+        gates; attention keeps its output besides q, k, v), or where its inputs are kept anyway
+        by a neighbour; it costs one more forward of the op. An optimization barrier ties the
+        recomputation to the incoming cotangent, so XLA cannot merge it with the forward
+        (which would keep the residuals alive after all). Memory and time per op:
+        ``python -m funcbp.remat --ops``.
+        """
+        fwd, bwd = self.fwd, self.bwd
+
+        def remat_fwd(*args, **static):
+            out, _ = fwd(*args, **static)
+            return out, tuple(args)
+
+        def remat_bwd(arrays, g, **static):
+            arrays, g = jax.lax.optimization_barrier((arrays, g))
+            _, residuals = fwd(*arrays, **static)
+            return bwd(residuals, g, **static)
+
+        return dataclasses.replace(self, fwd=remat_fwd, bwd=remat_bwd, name=f"{self.name}.remat")
+
     def with_bwd(self, bwd: Callable[..., Any], name: str | None = None) -> Op:
         """A copy with another backward (used to plant bugs and prove the checker fails)."""
         return dataclasses.replace(self, bwd=bwd, name=name or self.name)

@@ -277,7 +277,13 @@ def _check_sequence(name, xs, gradients):
     require_ndim(name, "xs", xs, (2, None), "(T, ..., D), time-major")
 
 
-def rnn(xs, h0, wx, wh, b, *, gradients="hand"):
+def _cell(op, gradients, remat):
+    if not remat:
+        return op.path(gradients)
+    return op.remat.hand if gradients == "hand" else jax.checkpoint(op.autodiff)
+
+
+def rnn(xs, h0, wx, wh, b, *, gradients="hand", remat=False):
     """Run `rnn_cell` over a time-major sequence with `lax.scan`.
 
     Args:
@@ -286,12 +292,14 @@ def rnn(xs, h0, wx, wh, b, *, gradients="hand"):
       wx (D, H), wh (H, H), b (H,): the cell's weights, shared by every step.
       gradients: ``"hand"`` (the cell's custom VJP: the scan's transpose calls `rnn_cell_bwd`
         each step) or ``"autodiff"`` (the cell's reference, differentiated by JAX).
+      remat: keep only each step's inputs and recompute the cell's residuals on the backward
+        pass (`Op.remat`; ``jax.checkpoint`` of the cell on the autodiff path).
 
     Returns:
       ``(hs, h_T)``: every hidden state h_1..h_T, (T, *B, H), and the final one, (*B, H).
     """
     _check_sequence("rnn", xs, gradients)
-    cell = rnn_cell.path(gradients)
+    cell = _cell(rnn_cell, gradients, remat)
 
     def step(h, x):
         h_new = cell(x, h, wx, wh, b)
@@ -301,7 +309,7 @@ def rnn(xs, h0, wx, wh, b, *, gradients="hand"):
     return hs, h_last
 
 
-def lstm(xs, h0, c0, wx, wh, b, *, gradients="hand"):
+def lstm(xs, h0, c0, wx, wh, b, *, gradients="hand", remat=False):
     """Run `lstm_cell` over a time-major sequence with `lax.scan`.
 
     Args:
@@ -310,12 +318,14 @@ def lstm(xs, h0, c0, wx, wh, b, *, gradients="hand"):
       wx (D, 4H), wh (H, 4H), b (4H,): the cell's weights, gates in the order i, f, o, g.
       gradients: ``"hand"`` (the cell's custom VJP: the scan's transpose calls `lstm_cell_bwd`
         each step) or ``"autodiff"`` (the cell's reference, differentiated by JAX).
+      remat: keep only each step's inputs and recompute the cell's residuals (gates, tanh of
+        the cell state) on the backward pass, as for `rnn`.
 
     Returns:
       ``(hs, (h_T, c_T))``: every hidden state h_1..h_T, (T, *B, H), and the final carry.
     """
     _check_sequence("lstm", xs, gradients)
-    cell = lstm_cell.path(gradients)
+    cell = _cell(lstm_cell, gradients, remat)
 
     def step(carry, x):
         h, c = carry
