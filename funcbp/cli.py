@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from funcbp._cli_common import fail
+
 __all__ = ["main"]
 
 
@@ -34,11 +36,9 @@ def _cmd_check(args) -> int:
     names = args.ops or list(REGISTRY)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        print(f"funcbp check: unknown op(s) {unknown}; known: {sorted(REGISTRY)}", file=sys.stderr)
-        return 2
+        return fail(f"funcbp check: unknown op(s) {unknown}; known: {sorted(REGISTRY)}")
     if args.seeds < 1:
-        print(f"funcbp check: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
-        return 2
+        return fail(f"funcbp check: --seeds must be >= 1, got {args.seeds}")
     reports = check.check_registry(
         dtypes=("float32", "float64"),
         seeds=range(args.seeds),

@@ -14,7 +14,9 @@ through `funcbp.fit.fit`; it writes into ``args.out``:
 ``args.prompt`` (``"12+34="``) by greedy decoding, printing ``12+34=46``.
 
 Both take argparse namespaces. Shared training options (``--epochs`` ...) that are absent or
-``None`` fall back to `GPT_DEFAULTS`; standalone use: ``python -m funcbp.gpt_cli train ...``.
+``None`` fall back to `GPT_DEFAULTS`. The options are parsed by `funcbp.cli` only;
+``python -m funcbp.gpt_cli train|generate ...`` is kept as a shorthand for ``funcbp train --model
+gpt ...`` / ``funcbp generate ...`` and goes through that same parser (`main`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+from funcbp import _cli_common as common
+
 __all__ = [
     "GPT_DEFAULTS",
     "CONFIG_NAME",
     "add_gpt_arguments",
     "add_generate_arguments",
-    "build_parser",
     "generate",
     "main",
     "make_optimizer",
@@ -96,22 +99,6 @@ def add_gpt_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_shared_arguments(p: argparse.ArgumentParser) -> None:
-    """The shared training options, as the main ``funcbp train`` parser has them (None: use
-    `GPT_DEFAULTS`). Only for the standalone parser."""
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled decay")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--gradients", choices=("hand", "autodiff"), default=None)
-    p.add_argument("--engine", choices=("grad", "explicit"), default=None)
-    p.add_argument("--steps-per-call", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-
-
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``funcbp generate``."""
     p.add_argument(
@@ -144,36 +131,6 @@ def make_optimizer(lr, weight_decay, warmup, total_steps, clip):
     )
 
 
-def _plot(history, path: Path, title: str, floor: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = history["epoch"]
-    a1.plot(epochs, history["train_loss"], label="train")
-    a1.plot(epochs, history["test_loss"], label="held-out")
-    a1.axhline(floor, color="gray", linestyle="--", label="floor (random operand digits)")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("cross-entropy (every position)")
-    a1.legend()
-    a2.plot(epochs, history["train_accuracy"], label="train")
-    a2.plot(epochs, history["test_accuracy"], label="held-out")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("next-token accuracy (every position)")
-    a2.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _err(msg: str, code: int = 2) -> int:
-    print(msg, file=sys.stderr)
-    return code
-
-
 def _check_config(path: Path, config: dict) -> str | None:
     """On --resume: the saved config must equal this run's (else the checkpoint is another
     model or task). Returns an error message or None."""
@@ -201,17 +158,19 @@ def run_gpt(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from funcbp import addition, check, fit, ops
+    from funcbp import addition, fit, ops
     from funcbp.nn.gpt import GPTConfig, gpt
 
     t_start = time.perf_counter()
     o = {name: _opt(args, name) for name in GPT_DEFAULTS}
-    out = Path(o["out"] or Path("runs") / time.strftime("gpt-%Y%m%d-%H%M%S"))
+    out = common.run_folder(o["out"], "gpt-%Y%m%d-%H%M%S")
     if o["resume"] and o["out"] is None:
-        return _err("funcbp train: --resume needs --out (the folder of the run to continue)")
+        return common.fail(f"funcbp train: {common.RESUME_NEEDS_OUT}")
     for name in ("epochs", "batch_size", "steps_per_call", "check_batch", "warmup"):
         if o[name] < (0 if name in ("epochs", "warmup") else 1):
-            return _err(f"funcbp train: --{name.replace('_', '-')} must be positive, got {o[name]}")
+            return common.fail(
+                f"funcbp train: --{name.replace('_', '-')} must be positive, got {o[name]}"
+            )
     try:
         data = addition.make_dataset(o["digits"], o["n_train"], o["n_test"], o["seed"])
         config = GPTConfig(
@@ -223,9 +182,9 @@ def run_gpt(args) -> int:
             mlp_ratio=o["mlp_ratio"],
         )
     except (ValueError, TypeError) as e:
-        return _err(f"funcbp train: {e}")
+        return common.fail(f"funcbp train: {e}")
     if o["batch_size"] > len(data.x_train):
-        return _err(
+        return common.fail(
             f"funcbp train: --batch-size {o['batch_size']} exceeds the "
             f"{len(data.x_train)} training problems"
         )
@@ -252,7 +211,7 @@ def run_gpt(args) -> int:
         "optimizer": opt_config,
     }
     if o["resume"] and (msg := _check_config(out / CONFIG_NAME, saved)):
-        return _err(msg)
+        return common.fail(msg)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_NAME).write_text(json.dumps(saved, indent=2))
 
@@ -260,20 +219,7 @@ def run_gpt(args) -> int:
     # parameter, float32 and float64, on a few training problems.
     params, state = fit.init_model(model, o["seed"], data.x_train.shape[1:], jnp.float32)
     xb, yb = data.x_train[: o["check_batch"]], data.y_train[: o["check_batch"]]
-    reports = check.check_model(model, params, state, xb, yb, name="gpt")
-    grad_check = {}
-    for r in reports:
-        grad_check[f"{r.a}_vs_autodiff_{r.dtype}"] = {
-            "max_rel": r.worst_rel,
-            "tol": r.tol,
-            "ok": r.ok,
-            "per_param": {leaf.path: leaf.rel for leaf in r.leaves},
-        }
-        print(
-            f"gradient check {r.a:>8} vs autodiff [{r.dtype}]: max rel error "
-            f"{r.worst_rel:.2e} over {len(r.leaves)} params (tol {r.tol:.0e}) "
-            f"{'ok' if r.ok else 'FAIL'}"
-        )
+    reports, grad_check = common.gradient_check(model, params, state, xb, yb, name="gpt")
 
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     print(
@@ -299,9 +245,9 @@ def run_gpt(args) -> int:
             progress=not o["no_progress"],
         )
     except fit.NonFiniteError as e:
-        return _err(f"funcbp train: {e}", 1)
+        return common.fail(f"funcbp train: {e}", 1)
     except ValueError as e:
-        return _err(f"funcbp train: {e}")
+        return common.fail(f"funcbp train: {e}")
     train_seconds = time.perf_counter() - t_train
     params, state = result.params, result.state
     exact = addition.exact_match(model, params, state, data.test_problems, data.digits)
@@ -339,13 +285,20 @@ def run_gpt(args) -> int:
         "train_seconds": train_seconds,
         "steps_per_second": fit.steps_per_second(h, o["batch_size"], len(data.x_train)),
         "gradient_check": grad_check,
-        "versions": {"jax": jax.__version__, "numpy": np.__version__},
-        "device": str(jax.devices()[0]),
+        **common.environment(),  # versions, device
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    common.write_metrics(out, metrics)
     if h["epoch"]:
-        title = f"{model.name} on {data.name}: held-out exact match {exact:.3f}"
-        _plot(h, out / "curves.png", title, addition.loss_floor(data.digits))
+        common.plot_curves(
+            h,
+            out / "curves.png",
+            test_label="held-out",
+            loss_label="cross-entropy (every position)",
+            accuracy_label="next-token accuracy (every position)",
+            floor=addition.loss_floor(data.digits),
+            floor_label="floor (random operand digits)",
+            title=f"{model.name} on {data.name}: held-out exact match {exact:.3f}",
+        )
     example = data.test_problems[:3]
     answers = addition.greedy_decode(
         model,
@@ -384,7 +337,7 @@ def generate(args) -> int:
     ckpt = path if path.suffix == ".npz" else path / fit.CHECKPOINT_NAME
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.exists():
-        return _err(
+        return common.fail(
             f"funcbp generate: no {CONFIG_NAME} in {folder} (expected the folder of a "
             f"`funcbp train --model gpt` run)"
         )
@@ -396,12 +349,12 @@ def generate(args) -> int:
         digits = int(saved["task"]["digits"])
         optimizer = make_optimizer(**saved["optimizer"])
     except (ValueError, TypeError, KeyError) as e:
-        return _err(f"funcbp generate: {cfg_path} is not a valid GPT config ({e})")
+        return common.fail(f"funcbp generate: {cfg_path} is not a valid GPT config ({e})")
     prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
     try:
         pairs = [addition.parse_prompt(p, digits) for p in prompts]
     except ValueError as e:
-        return _err(f"funcbp generate: {e}")
+        return common.fail(f"funcbp generate: {e}")
 
     model = gpt(config)
     params, state = fit.init_model(model, 0, (config.context,), jnp.float32)
@@ -409,7 +362,7 @@ def generate(args) -> int:
     try:
         tree, extra = checkpoint.restore(ckpt, template)
     except checkpoint.CheckpointError as e:
-        return _err(f"funcbp generate: {e}")
+        return common.fail(f"funcbp generate: {e}")
     a = np.array([p[0] for p in pairs])
     b = np.array([p[1] for p in pairs])
     tokens = addition.greedy_decode(
@@ -424,27 +377,16 @@ def generate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The standalone parser: ``train`` (GPT on addition) and ``generate``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m funcbp.gpt_cli",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train the GPT on addition")
-    _add_shared_arguments(p)
-    add_gpt_arguments(p)
-    p.set_defaults(func=run_gpt)
-    p = sub.add_parser("generate", help="answer addition prompts with a trained GPT")
-    add_generate_arguments(p)
-    p.set_defaults(func=generate)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """``python -m funcbp.gpt_cli train ...`` is ``funcbp train ... --model gpt``, and
+    ``python -m funcbp.gpt_cli generate ...`` is ``funcbp generate ...``: `funcbp.cli`'s parser
+    (same options, messages and exit codes), so there is one definition of every flag."""
+    from funcbp import cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        argv.extend(["--model", "gpt"])
+    return cli.main(argv)
 
 
 if __name__ == "__main__":

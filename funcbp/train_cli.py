@@ -7,9 +7,9 @@ state, history; written atomically every epoch), ``metrics.json`` and ``curves.p
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
+
+from funcbp import _cli_common as common
 
 MODELS = ("mlp", "cnn", "gpt")
 # defaults of the options the models share; the GPT has its own tuned ones (funcbp.gpt_cli)
@@ -156,33 +156,7 @@ def _model(args, n_classes):
     return model
 
 
-def _plot(history, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = history["epoch"]
-    a1.plot(epochs, history["train_loss"], label="train")
-    a1.plot(epochs, history["test_loss"], label="test")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("loss")
-    a1.set_yscale("log")
-    a1.legend()
-    a2.plot(epochs, history["train_accuracy"], label="train")
-    a2.plot(epochs, history["test_accuracy"], label="test")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy")
-    a2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run(args) -> int:
-    import sys
-
     if args.model == "gpt":
         from funcbp.gpt_cli import run_gpt
 
@@ -194,31 +168,24 @@ def run(args) -> int:
         jax.distributed.initialize()  # reads the coordinator/process env of the launcher
     jax.config.update("jax_enable_x64", True)  # for the float64 gradient check; training is f32
     import jax.numpy as jnp
-    import numpy as np
 
-    from funcbp import check, data, distributed, fit
+    from funcbp import data, distributed, fit
 
     t_start = time.perf_counter()
     try:
         validate_args(args)
     except ValueError as e:
-        print(f"funcbp train: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        return common.fail(f"funcbp train: {e}")
+    out = common.run_folder(args.out, "%Y%m%d-%H%M%S")
     if args.resume and args.out is None:
-        print(
-            "funcbp train: --resume needs --out (the folder of the run to continue)",
-            file=sys.stderr,
-        )
-        return 2
+        return common.fail(f"funcbp train: {common.RESUME_NEEDS_OUT}")
     try:
         kw = {"image": args.model == "cnn"}  # NHWC images for the CNN, flat vectors for the MLP
         if args.data == "digits":
             kw["seed"] = args.seed  # the seed of the stratified split
         dataset = data.load(args.data, **kw)
     except (ValueError, TypeError, OSError) as e:
-        print(f"funcbp train: {e}", file=sys.stderr)
-        return 2
+        return common.fail(f"funcbp train: {e}")
     model = _model(args, dataset.n_classes)
     optimizer = _optimizer(args)
     try:
@@ -228,28 +195,16 @@ def run(args) -> int:
             mesh = distributed.make_mesh(n_devices, model=args.model_parallel)
             distributed.check_batch_divisible(args.batch_size, mesh, "funcbp train")
     except ValueError as e:
-        print(f"funcbp train: {e}", file=sys.stderr)
-        return 2
+        return common.fail(f"funcbp train: {e}")
 
     # Gradient check on one batch before training: hand (and explicit) vs jax.grad of refs.
     params, state = fit.init_model(model, args.seed, dataset.x_train.shape[1:], jnp.float32)
     xb = dataset.x_train[: args.batch_size]
     yb = dataset.y_train[: args.batch_size]
     check_key = jax.random.key(args.seed)  # dropout masks in the check (same for all paths)
-    reports = check.check_model(model, params, state, xb, yb, name=args.model, key=check_key)
-    grad_check = {}
-    for r in reports:
-        grad_check[f"{r.a}_vs_autodiff_{r.dtype}"] = {
-            "max_rel": r.worst_rel,
-            "tol": r.tol,
-            "ok": r.ok,
-            "per_param": {leaf.path: leaf.rel for leaf in r.leaves},
-        }
-        print(
-            f"gradient check {r.a:>8} vs autodiff [{r.dtype}]: max rel error "
-            f"{r.worst_rel:.2e} over {len(r.leaves)} params (tol {r.tol:.0e}) "
-            f"{'ok' if r.ok else 'FAIL'}"
-        )
+    reports, grad_check = common.gradient_check(
+        model, params, state, xb, yb, name=args.model, key=check_key
+    )
 
     print(
         f"training {args.model} on {dataset.name}: {len(dataset.x_train)} train / "
@@ -273,11 +228,9 @@ def run(args) -> int:
             mesh=mesh,
         )
     except fit.NonFiniteError as e:
-        print(f"funcbp train: {e}", file=sys.stderr)
-        return 1
+        return common.fail(f"funcbp train: {e}", 1)
     except ValueError as e:
-        print(f"funcbp train: {e}", file=sys.stderr)
-        return 2
+        return common.fail(f"funcbp train: {e}")
     seconds = time.perf_counter() - t_start
     h = result.history
     metrics = {
@@ -297,15 +250,13 @@ def run(args) -> int:
         "seconds": seconds,
         "steps_per_second": fit.steps_per_second(h, args.batch_size, len(dataset.x_train)),
         "gradient_check": grad_check,
-        "versions": {"jax": jax.__version__, "numpy": np.__version__},
-        "device": str(jax.devices()[0]),
+        **common.environment(),  # versions, device
         "devices": n_devices,
         "mesh": dict(mesh.shape) if mesh is not None else None,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    common.write_metrics(out, metrics)
     if h["epoch"]:
-        _plot(h, out / "curves.png")
+        common.plot_curves(h, out / "curves.png", log_loss=True)
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} after {result.epochs_run} epochs in "
         f"{seconds:.1f} s ({metrics['steps_per_second']:.0f} steps/s); wrote "

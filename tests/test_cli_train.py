@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -154,3 +155,24 @@ def test_fuzzed_arguments_parse_or_fail_cleanly(options):
         validate_args(args)
     except ValueError as e:
         assert str(e).startswith("--")  # names the option
+
+
+# -- the helpers funcbp train, funcbp train --model gpt and funcbp check share
+def test_shared_helpers_fail_run_folder_and_write_metrics(tmp_path, capsys):
+    from funcbp import _cli_common as common
+
+    assert common.fail("funcbp train: bad --lr") == 2
+    assert common.fail("funcbp train: diverged", 1) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["funcbp train: bad --lr", "funcbp train: diverged"]
+    assert captured.out == ""
+    assert common.run_folder(str(tmp_path), "%Y") == tmp_path
+    stamped = common.run_folder(None, "gpt-%Y%m%d")
+    assert stamped.parent.name == "runs" and re.fullmatch(r"gpt-\d{8}", stamped.name)
+    metrics = {"z": 1, "a": [0.5, None], **common.environment()}
+    path = common.write_metrics(tmp_path / "new" / "run", metrics)  # creates the folder
+    assert path == tmp_path / "new" / "run" / "metrics.json"
+    text = path.read_text()
+    assert json.loads(text) == metrics
+    assert list(json.loads(text)) == ["z", "a", "versions", "device"]
+    assert text.startswith('{\n  "z": 1')  # indented, keys in the given order

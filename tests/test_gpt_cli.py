@@ -117,3 +117,23 @@ def test_run_gpt_takes_any_namespace_and_validates(tmp_path, capsys):
     args = types.SimpleNamespace(out=str(tmp_path), width=10, heads=4)
     assert gpt_cli.run_gpt(args) == 2
     assert "width 10 must be divisible by heads 4" in capsys.readouterr().err
+
+
+def test_standalone_entry_is_the_funcbp_parser(capsys):
+    """`python -m funcbp.gpt_cli train ...` is `funcbp train --model gpt ...`: one parser, the
+    same help, messages and exit codes."""
+    from funcbp import cli
+
+    helps = []
+    for main in (cli.main, gpt_cli.main):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+            main(["train", "--help"])
+        assert e.value.code == 0
+        helps.append(out.getvalue())
+    assert helps[0] == helps[1] and "--check-batch" in helps[0] and "--hidden" in helps[0]
+    bad = ["train", "--epochs", "-3", "--no-progress"]
+    assert gpt_cli.main(bad) == 2  # the GPT's own check: --model gpt is implied
+    err = capsys.readouterr().err
+    assert cli.main([*bad, "--model", "gpt"]) == 2
+    assert capsys.readouterr().err == err == "funcbp train: --epochs must be positive, got -3\n"
