@@ -139,7 +139,7 @@ def make_batch(spec: ModelSpec, key, dtype=jnp.float32):
     return x, y
 
 
-def make_lean_step(model: nn.Layer, optimizer, gradients: str = "hand"):
+def make_lean_step(model: nn.Layer, optimizer, gradients: str = "hand", *, jit: bool = True):
     """The bare step: value-and-grad and the optimizer update, nothing else (jitted)."""
     loss_fn = make_loss_fn(model, gradients=gradients)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
@@ -150,7 +150,7 @@ def make_lean_step(model: nn.Layer, optimizer, gradients: str = "hand"):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, new_state, {"loss": loss}
 
-    return jax.jit(step)
+    return jax.jit(step) if jit else step
 
 
 def make_variant_step(model: nn.Layer, optimizer, variant: str):
@@ -286,6 +286,49 @@ def bench_multi_step(
         return run
 
     variants = {"1 step/dispatch": run_single} | {f"k={k}": run_multi(k) for k in ks}
+
+    # Lower bounds for the fused step, same k: the scan of the lean step (no guard, no
+    # metrics), and the scan of only the step's matrix products (forward x W, backward
+    # dY Wᵀ and Xᵀ dY per Dense layer) on the same shapes.
+    k_max = max(ks)
+    lean = make_multi_step(make_lean_step(model, optimizer, jit=False))
+    dense = [
+        p["w"]
+        for p in jax.tree.leaves(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
+        if isinstance(p, dict)
+    ]
+
+    @jax.jit
+    def gemms_only(ws, xs):
+        def body(ws, x):
+            acts = [x.reshape(x.shape[0], -1)]
+            for w in ws:
+                acts.append(acts[-1] @ w)
+            dy = acts[-1]
+            new = []
+            for a, w in zip(reversed(acts[:-1]), reversed(ws), strict=True):
+                new.append(w - 1e-3 * (a.T @ dy))
+                dy = dy @ w.T
+            return tuple(reversed(new)), dy.sum()
+
+        return jax.lax.scan(body, tuple(ws), xs)
+
+    def run_lean():
+        p, o, s = params, opt_state, state
+        for batches, ks_ in chunks[k_max]:
+            p, o, s, _ = lean(p, o, s, batches, ks_)
+        block(p)
+
+    def run_gemms():
+        ws = tuple(dense)
+        for batches, _ in chunks[k_max]:
+            ws, _ = gemms_only(ws, batches[0])
+        block(ws)
+
+    variants |= {
+        f"bound: k={k_max}, no guard or metrics": run_lean,
+        f"bound: k={k_max}, the matmuls only": run_gemms,
+    }
     times = interleaved(variants, repeats=repeats, inner=n)
     return {
         "model": spec.name,

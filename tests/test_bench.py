@@ -60,7 +60,13 @@ def test_peak_multi_scaling_structure(results):
         _is_timing(p["jnp"], 3)
         assert p["best_gflops"] == max(p["gflops"].values()) > 0
     multi = results["multi"]["variants"]
-    assert set(multi) == {"1 step/dispatch", "k=2", "k=4"}
+    assert set(multi) == {
+        "1 step/dispatch",
+        "k=2",
+        "k=4",
+        "bound: k=4, no guard or metrics",
+        "bound: k=4, the matmuls only",
+    }
     for v in multi.values():
         assert v["steps_per_s"] == pytest.approx(1 / v["time"].median)
     _is_timing(results["floor"]["time"], 2)
