@@ -1,9 +1,9 @@
 """Whole-network divergence report: where, walking back from the loss, do hand and autodiff part?
 
-For a `serial` model ``x_0 → f_1 → x_1 → … → f_n → x_n → loss`` (``model.children`` are the
-layers, ``params``/``state`` tuples with one entry per layer), the report compares, layer by
-layer from the loss backwards, the gradient of every activation ``dL/dx_i`` and of every
-parameter, computed two ways:
+For a `serial` model ``x_0 → f_0 → x_1 → f_1 → … → f_{n−1} → x_n → loss`` (``model.children``
+are the layers ``f_i``, 0-based as in the report; ``params``/``state`` tuples with one entry
+per layer), the report compares, layer by layer from the loss backwards, the gradient of every
+activation ``dL/dx_i`` and of every parameter, computed two ways:
 
 * **hand** — the explicit engine (`funcbp.backprop`): each layer's ``forward`` (the ops' ``fwd``
   rules, keeping residuals), the loss's ``fwd``/``bwd``, then each layer's ``backward`` (the ops'
@@ -13,11 +13,12 @@ parameter, computed two ways:
   perturbations ``ε_i`` inserted after each layer (``x_i + ε_i``, so ``∂L/∂ε_i = dL/dx_i``), the
   model run with ``apply(..., gradients="autodiff")`` (the ops' plain references).
 
-Row ``i`` holds the errors of what layer ``i``'s backward produced — ``dL/dW_i`` and ``dL/dx_{i-1}``
-(its input's gradient) — given the hand ``dL/dx_i`` from the rows above. The *first divergence* is
-the first row, from the loss backwards, whose outputs exceed the tolerance: every layer above it
-passed a correct gradient down, so the bug is in that layer (or the loss). The ``local`` columns
-isolate each layer completely: its hand ``backward`` fed the TRUE ``dL/dx_i`` (from autodiff).
+Row ``i`` holds the errors of what layer ``f_i``'s backward produced — ``dL/dW_i`` and ``dL/dx_i``
+(its input's gradient) — given the hand ``dL/dx_{i+1}`` (its output's) from the rows above.
+The *first divergence* is the first row, from the loss backwards, whose outputs exceed the
+tolerance: every layer above it passed a correct gradient down, so the bug is in that layer
+(or the loss). The ``local`` columns
+isolate each layer completely: its hand ``backward`` fed the TRUE ``dL/dx_{i+1}`` (from autodiff).
 
 Errors are relative, ‖hand − autodiff‖/‖autodiff‖ per leaf (`funcbp.check.compare`), and the
 tolerance is `funcbp.check.MODEL_TOLERANCE` for the dtype. A model with no ``children`` (the GPT
