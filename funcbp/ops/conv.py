@@ -2,8 +2,38 @@
 
 ``Y = conv2d(X, W, b)`` with X ``(N, H, W, C)``, W ``(KH, KW, C, O)``, b ``(O,)`` ->
 Y ``(N, HO, WO, O)``.  The backward is derived by hand (see `conv2d_bwd`): dX is a transposed
-convolution of dY with the flipped kernel, dW a correlation of X with dY; both are run by
-`lax.conv_general_dilated`, used only as a kernel for those formulas.
+convolution of dY with the flipped kernel, dW a correlation of X with dY. `conv2d_reference`
+is the plain `lax.conv_general_dilated` ground truth; the custom-VJP forward and backward run
+one of two formulations of the same maps, chosen per call by a static size rule (`use_gemm`):
+
+* **gemm** (im2col): P = the KH·KW shifted (strided) slices of the padded X concatenated on the
+  channel axis (no gather), (N·HO·WO, K = KH·KW·C). Y = P·W₂, dW₂ = Pᵀ·dY, dP = dY·W₂ᵀ with
+  dX = col2im(dP) (each tap's slice of dP padded back to its place and summed: one fused pass).
+  Three GEMMs; the backward's P is the forward's (XLA merges the two in a jitted step).
+* **lax**: `lax.conv_general_dilated` for Y, dX (transposed conv) and dW (correlation).
+
+The rule, measured on this project's 2-core AMD EPYC (AVX2), jax 0.10.2 (XLA CPU runs both
+convolutions and GEMMs through its YNNPACK fusions), float32, quiet machine (load < 1.3 besides
+the run), ``benchmarks/conv_study.py`` and scratch sweeps of the same kind; ratios are gemm ÷ lax
+time, interleaved, medians:
+
+* whole CNN train step (`funcbp.nn.models.cnn` on 8×8×1, both convs switched; the second conv
+  C→O at batch N, P its im2col size): (32→64, N 128, P 9 MiB) 0.71–0.73; (32→64, N 32) 0.72;
+  (16→64) 0.75; (64→128, N 64, P 9 MiB) 0.73; (32→32) 0.89; (8→16) 0.87; but (16→16) 1.12,
+  (128→128, N 32, P 9 MiB) 1.13, (64→128, N 128, P 18 MiB) 1.18, (32→64, N 512, P 36 MiB)
+  1.03, (128→128, N 128, P 36 MiB) 1.60. Whole steps favour gemm more than one layer timed
+  alone does (the CNN's second conv alone: 0.96–1.0); in the step col2im fuses with the ReLU
+  mask and the lax dW needs transposes of X and dY, but the full cause was not pinned down.
+* one layer's Y + dX + dW timed alone: few input channels gain most (C 1 or 3, 28×28 or 32×32:
+  0.43–0.45; C 4 → 64: 0.77; C 8 → 16: 0.86), 1×1 kernels 0.39–0.59; many taps lose (5×5,
+  C 16 → 64, P 12.5 MiB: 1.57); P > 16 MiB loses (1.18–3.3), also in float64 (the CNN's second
+  conv in float64, P 18 MiB: 1.59).
+* pieces of the CNN's second conv alone: Y 1.10, dX 0.80, dW 0.71 (lax's dW correlation is its
+  slowest kernel, ~110 GFLOP/s); building P costs about as much as one of the three GEMMs
+  (XLA CPU's concatenate: ~1 ms for 9 MiB).
+
+On a loaded machine (other processes on the cores) all ratios drift towards 1 and the lax
+path, with fewer kernels to synchronise, can win: compare inside one interleaved run.
 
 ``stride``: an int or a pair ``(SH, SW)``, each >= 1.
 ``padding``: ``"SAME"`` (output ``ceil(H / SH)``, the extra row/col of an odd total padding goes
@@ -84,6 +114,168 @@ def _pads(padding, spatial, kernel, strides) -> tuple[tuple[int, int], tuple[int
     return pads
 
 
+# -- the two formulations --------------------------------------------------------------------
+# Both compute the same three maps for any stride and padding; `use_gemm` picks one per call.
+# Shapes: X (N,H,W,C), W (KH,KW,C,O), dY (N,HO,WO,O), K = KH·KW·C; pads ((h_lo, h_hi), (w_lo,
+# w_hi)); strides (SH, SW).
+def _patches(x, kh, kw, strides, pads, out_hw):
+    """im2col: P[n,i,j,(p·KW + q)·C + c] = Xp[n, SH·i + p, SW·j + q, c] -> (N, HO, WO, K).
+
+    Built from KH·KW strided slices of the zero-padded X concatenated on the channel axis (no
+    gather), so the column order (p, q, c) is that of ``W.reshape(K, O)``.
+    """
+    (sh, sw), ((h_lo, h_hi), (w_lo, w_hi)), (ho, wo) = strides, pads, out_hw
+    n, c = x.shape[0], x.shape[3]
+    zero = jnp.zeros((), x.dtype)
+    xp = lax.pad(x, zero, ((0, 0, 0), (h_lo, h_hi, 0), (w_lo, w_hi, 0), (0, 0, 0)))
+    cols = [
+        lax.slice(
+            xp, (0, p, q, 0), (n, p + sh * (ho - 1) + 1, q + sw * (wo - 1) + 1, c), (1, sh, sw, 1)
+        )  # (N, HO, WO, C): the input under kernel tap (p, q) for every output position
+        for p in range(kh)
+        for q in range(kw)
+    ]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=3)  # (N, HO, WO, K)
+
+
+def _y_gemm(x, w, strides, pads, out_hw):
+    """Y = P · W₂ (one GEMM, (N·HO·WO, K) × (K, O)), W₂ = W.reshape(K, O)."""
+    kh, kw, c, o = w.shape
+    p = _patches(x, kh, kw, strides, pads, out_hw)  # (N, HO, WO, K)
+    return lax.dot_general(p, w.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())))
+
+
+def _dw_gemm(x, w, dy, strides, pads):
+    """dW₂ = Pᵀ · dY (one GEMM contracting N·HO·WO), reshaped to (KH, KW, C, O)."""
+    kh, kw, c, o = w.shape
+    ho, wo = dy.shape[1:3]
+    k = kh * kw * c
+    p = _patches(x, kh, kw, strides, pads, (ho, wo)).reshape(-1, k)  # (N·HO·WO, K)
+    # 2-D Pᵀ·dY: XLA's CPU dot runs the transposed operand in place; a 3-axis contraction of
+    # the 4-D arrays made it copy P into (K, N·HO·WO) first (measured 1.2–1.25× slower).
+    dw = lax.dot_general(p, dy.reshape(-1, o), (((0,), (0,)), ((), ())))  # (K, O)
+    return dw.reshape(w.shape)
+
+
+def _dx_gemm(x, w, dy, strides, pads):
+    """col2im: dP = dY · W₂ᵀ (one GEMM), then each tap's slice of dP is added back where it
+    was read: dXp[n, SH·i + p, SW·j + q, c] += dP[n,i,j,(p,q,c)].
+
+    Tap (p, q) as `lax.pad` of dP[..., p, q, :] (N,HO,WO,C): interior padding SH − 1 puts row i
+    at SH·i, low padding p shifts it; cropping dXp to [lo, lo + H) is folded into the edges:
+    low p − lo, high H + lo − p − SH·(HO − 1) − 1 (negative edges crop). Rows: (p − lo) +
+    SH·(HO − 1) + 1 + (H + lo − p − SH·(HO − 1) − 1) = H. The KH·KW pads and adds fuse into one
+    pass over dP.
+    """
+    kh, kw, c, o = w.shape
+    (sh, sw), ((h_lo, _), (w_lo, _)) = strides, pads
+    h, wd = x.shape[1:3]
+    n, ho, wo = dy.shape[:3]
+    dp = lax.dot_general(dy, w.reshape(kh * kw * c, o), (((3,), (1,)), ((), ())))  # (N,HO,WO,K)
+    dp = dp.reshape(n, ho, wo, kh, kw, c)
+    zero = jnp.zeros((), dy.dtype)
+    dx = None
+    for p in range(kh):
+        for q in range(kw):
+            config = (
+                (0, 0, 0),
+                (p - h_lo, h + h_lo - p - sh * (ho - 1) - 1, sh - 1),
+                (q - w_lo, wd + w_lo - q - sw * (wo - 1) - 1, sw - 1),
+                (0, 0, 0),
+            )
+            tap = lax.pad(dp[:, :, :, p, q, :], zero, config)  # (N, H, W, C)
+            dx = tap if dx is None else dx + tap
+    return dx
+
+
+def _y_lax(x, w, strides, pads):
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)  # (N,HO,WO,O)
+
+
+def _remainders(x_shape, k_hw, strides, pads, out_hw):
+    """r = (Hp − KH) mod SH per spatial dim: padded rows/cols after the last window."""
+    return [
+        size + lo + hi - k - s * (out - 1)
+        for size, (lo, hi), k, s, out in zip(x_shape[1:3], pads, k_hw, strides, out_hw, strict=True)
+    ]
+
+
+def _dx_lax(x, w, dy, strides, pads):
+    """Transposed convolution: dY dilated by the stride, correlated with the flipped kernel."""
+    kh, kw = w.shape[:2]
+    rest = _remainders(x.shape, (kh, kw), strides, pads, dy.shape[1:3])
+    w_flip = jnp.flip(w, axis=(0, 1)).swapaxes(2, 3)  # (KH, KW, O, C)
+    dx_pads = [
+        (k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip((kh, kw), pads, rest, strict=True)
+    ]
+    return lax.conv_general_dilated(
+        dy, w_flip, (1, 1), dx_pads, lhs_dilation=strides, dimension_numbers=_DN
+    )  # (N, H, W, C)
+
+
+def _dw_lax(x, w, dy, strides, pads):
+    """Correlation of Xp with dY dilated by the stride (C as batch, N contracted)."""
+    rest = _remainders(x.shape, w.shape[:2], strides, pads, dy.shape[1:3])
+    dw_pads = [(lo, hi - r) for (lo, hi), r in zip(pads, rest, strict=True)]
+    return lax.conv_general_dilated(
+        x, dy, (1, 1), dw_pads, rhs_dilation=strides, dimension_numbers=("CHWN", "IHWO", "HWNC")
+    )  # (KH, KW, C, O)
+
+
+GEMM_MAX_PATCH_BYTES = 16 * 2**20
+"""`use_gemm`: the largest im2col matrix P (N·HO·WO·KH·KW·C elements, in bytes) it builds."""
+
+
+def use_gemm(x_shape, w_shape, out_hw, itemsize) -> bool:
+    """The static size rule (measured, see the module docstring): the GEMM formulation iff
+
+    * the kernel is 1×1 (P is X itself, or a strided slice of it: conv2d *is* one GEMM), or
+    * P fits in `GEMM_MAX_PATCH_BYTES` and either C ≤ 8 (lax's convolutions are slow on few
+      input channels) or the kernel has at most 9 taps, C ≤ 64 and O ≥ 32 (enough output
+      channels to pay for writing P and reading dP once each; many taps or wide inputs: the
+      lax kernels win).
+
+    ``x_shape`` (N, H, W, C), ``w_shape`` (KH, KW, C, O), ``out_hw`` (HO, WO), ``itemsize``
+    bytes per element.
+    """
+    n, c = x_shape[0], x_shape[3]
+    kh, kw, _, o = w_shape
+    taps = kh * kw
+    if taps == 1:
+        return True
+    if n * out_hw[0] * out_hw[1] * taps * c * itemsize > GEMM_MAX_PATCH_BYTES:
+        return False
+    return c <= 8 or (taps <= 9 and c <= 64 and o >= 32)
+
+
+def _geometry(x, w, stride, padding):
+    """``(strides, pads, (HO, WO))`` of a call."""
+    strides = _strides(stride)
+    pads = _pads(padding, x.shape[1:3], w.shape[:2], strides)
+    out_hw = tuple(
+        (size + lo + hi - k) // s + 1
+        for size, (lo, hi), k, s in zip(x.shape[1:3], pads, w.shape[:2], strides, strict=True)
+    )
+    return strides, pads, out_hw
+
+
+_METHODS = ("gemm", "lax")
+
+
+def _plan(method, x, w, out_hw) -> tuple[str, str, str]:
+    """The formulation of (Y, dX, dW): ``method`` "gemm"/"lax" for all three, a triple of them,
+    or None for the size rule `use_gemm`."""
+    if method is None:
+        gemm = use_gemm(x.shape, w.shape, out_hw, jnp.dtype(x.dtype).itemsize)
+        method = "gemm" if gemm else "lax"
+    plan = (method,) * 3 if isinstance(method, str) else tuple(method)
+    if len(plan) != 3 or any(m not in _METHODS for m in plan):
+        raise ValueError(
+            f"conv2d: method must be 'gemm', 'lax', a triple of them or None, got {method!r}"
+        )
+    return plan
+
+
 # -- conv2d ---------------------------------------------------------------------------------
 def conv2d_reference(x, w, b, stride=1, padding="SAME"):
     """x (N, H, W, C), w (KH, KW, C, O), b (O,) -> (N, HO, WO, O).
@@ -101,12 +293,24 @@ def conv2d_reference(x, w, b, stride=1, padding="SAME"):
     return y + b.reshape(1, 1, 1, -1)
 
 
-def conv2d_fwd(x, w, b, stride=1, padding="SAME"):
-    """Keeps X (dW correlates X with dY) and W (dX convolves dY with W); b is not needed."""
-    return conv2d_reference(x, w, b, stride, padding), (x, w)
+def conv2d_fwd(x, w, b, stride=1, padding="SAME", *, method=None):
+    """Keeps X (dW correlates X with dY) and W (dX convolves dY with W); b is not needed.
+
+    The im2col matrix P that the GEMM forward builds is not kept (K/C = KH·KW times the size of
+    X): the backward rebuilds it from X with the same ops, which XLA merges with the forward's
+    copy (CSE) when both run in one jitted step, and an un-jitted or rematerialised backward
+    pays one cheap copy pass instead of holding 9× X. ``method``: "gemm", "lax" or None (the
+    size rule `use_gemm`); for benchmarks and tests only.
+    """
+    strides, pads, out_hw = _geometry(x, w, stride, padding)
+    if _plan(method, x, w, out_hw)[0] == "gemm":
+        y = _y_gemm(x, w, strides, pads, out_hw)  # (N, HO, WO, O)
+    else:
+        y = _y_lax(x, w, strides, pads)
+    return y + b.reshape(1, 1, 1, -1), (x, w)
 
 
-def conv2d_bwd(res, dy, stride=1, padding="SAME"):
+def conv2d_bwd(res, dy, stride=1, padding="SAME", *, method=None):
     """dX = dY ⋆ᵀ W (transposed conv, flipped kernel);  dW = X ⋆ dY;  db = Σ_{n,i,j} dY.
 
     Shapes: X (N,H,W,C), W (KH,KW,C,O), dY (N,HO,WO,O). Per spatial dim (shown for H; W alike)
@@ -116,6 +320,14 @@ def conv2d_bwd(res, dy, stride=1, padding="SAME"):
     Forward: Y[n,i,j,o] = b[o] + Σ_{p,q,c} Xp[n, SH·i + p, SW·j + q, c] W[p,q,c,o].
 
     db[o] = Σ_{n,i,j} dY[n,i,j,o].
+
+    GEMM formulation (`use_gemm`). With P the im2col matrix of X (`_patches`, rows (n,i,j),
+    columns (p,q,c)) the forward is Y = P W₂ + b, W₂ = W.reshape(K, O), a linear map, so
+      dW₂ = Pᵀ dY                       (`_dw_gemm`),
+      dP  = dY W₂ᵀ,  dX = im2colᵀ(dP)   (`_dx_gemm`: col2im, each dP entry added back to the
+                                         Xp entry it was copied from, then Xp cropped to X).
+
+    lax formulation (the same maps as convolutions, run by `lax.conv_general_dilated`):
 
     dX: Xp[n,u,v,c] is used by every (i, p) with SH·i + p = u, so
       dXp[n,u,v,c] = Σ_{i,j,p,q,o: SH·i+p=u, SW·j+q=v} dY[n,i,j,o] W[p,q,c,o].
@@ -137,31 +349,16 @@ def conv2d_bwd(res, dy, stride=1, padding="SAME"):
     output (KH, KW, C, O) laid out "HWNC" (batch C, feature O).
     """
     x, w = res
-    (sh, sw) = strides = _strides(stride)
-    kh, kw = w.shape[:2]
-    pads = _pads(padding, x.shape[1:3], (kh, kw), strides)
-    ho, wo = dy.shape[1:3]
-    rest = [
-        size + lo + hi - k - s * (out - 1)  # r: rows/cols after the last window, < s
-        for size, (lo, hi), k, s, out in zip(
-            x.shape[1:3], pads, (kh, kw), strides, (ho, wo), strict=True
-        )
-    ]
-
-    w_flip = jnp.flip(w, axis=(0, 1)).swapaxes(2, 3)  # (KH, KW, O, C)
-    dx_pads = [
-        (k - 1 - lo, k - 1 - hi + r) for k, (lo, hi), r in zip((kh, kw), pads, rest, strict=True)
-    ]
-    dx = lax.conv_general_dilated(
-        dy, w_flip, (1, 1), dx_pads, lhs_dilation=(sh, sw), dimension_numbers=_DN
-    )  # (N, H, W, C)
-
-    dw_pads = [(lo, hi - r) for (lo, hi), r in zip(pads, rest, strict=True)]
-    dw = lax.conv_general_dilated(
-        x, dy, (1, 1), dw_pads, rhs_dilation=(sh, sw), dimension_numbers=("CHWN", "IHWO", "HWNC")
-    )  # (KH, KW, C, O)
-
+    strides, pads, out_hw = _geometry(x, w, stride, padding)
+    _, dx_method, dw_method = _plan(method, x, w, out_hw)
     db = dy.sum(axis=(0, 1, 2))  # (O,)
+    dw = (_dw_gemm if dw_method == "gemm" else _dw_lax)(x, w, dy, strides, pads)  # (KH,KW,C,O)
+    if dx_method == dw_method == "gemm":
+        # dW before dP: P (K/C times X, shared with the forward) is freed before dP (as big)
+        # is made. Without this ordering hint XLA kept both alive: the CNN step's temp memory
+        # 22.3 MiB, with it 20.4 MiB (autodiff's: 20.7 MiB); its speed is unchanged.
+        dw, dy = lax.optimization_barrier((dw, dy))
+    dx = (_dx_gemm if dx_method == "gemm" else _dx_lax)(x, w, dy, strides, pads)  # (N, H, W, C)
     return dx, dw, db
 
 

@@ -3,9 +3,16 @@
 Shapes, strides and paddings are drawn by hypothesis; the uneven cases (where the last window
 leaves rows/cols of the padded input unused, r = (H + pads − KH) mod stride > 0) are also pinned
 explicitly, since that remainder is the classic place for a transposed-convolution bug.
+
+The op runs one of two formulations (im2col GEMMs or `lax.conv_general_dilated`, see
+`funcbp.ops.conv`), picked by a size rule; at the small shapes drawn here the rule picks the
+GEMMs, so every gradient test also runs with the formulation forced (`_forced`), each of Y, dX,
+dW from either side.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from funcbp import check
+from funcbp import check, mutate
 from funcbp.ops import _sample
+from funcbp.ops import conv as C
+from funcbp.ops._op import Op
 from funcbp.ops.conv import conv2d, conv2d_bwd, conv2d_fwd
 
 TOL = check.TOLERANCE
@@ -44,10 +53,32 @@ def gen(key):
     return _sample.rng(key)
 
 
-def _compare(arrays, static, cot, a, b, tol):
-    ga = check.op_gradients(conv2d, arrays, static, cot, a)
-    gb = check.op_gradients(conv2d, arrays, static, cot, b)
-    report = check.compare(ga, gb, tol=tol, name="conv2d", a_name=a, b_name=b)
+METHODS = ["gemm", "lax"]
+MIXED = [("gemm", "lax", "gemm"), ("lax", "gemm", "lax"), ("lax", "lax", "gemm")]
+
+
+@functools.cache
+def _forced(method):
+    """conv2d with fwd and bwd pinned to one formulation (``method`` as in `conv2d_fwd`);
+    not registered. ``None``: the op itself (the size rule)."""
+    if method is None:
+        return conv2d
+    return Op(
+        "conv2d",
+        C.conv2d_reference,
+        functools.partial(conv2d_fwd, method=method),
+        functools.partial(conv2d_bwd, method=method),
+        C._sample_conv2d,
+        3,
+        C._validate,
+    )
+
+
+def _compare(arrays, static, cot, a, b, tol, method=None):
+    op = _forced(method)
+    ga = check.op_gradients(op, arrays, static, cot, a)
+    gb = check.op_gradients(op, arrays, static, cot, b)
+    report = check.compare(ga, gb, tol=tol, name=f"conv2d[{method}]", a_name=a, b_name=b)
     assert report.ok, f"{report} {[x.shape for x in arrays]} {static}"
     return report
 
@@ -78,26 +109,83 @@ def configs(draw):
 
 
 # -- hand vs autodiff / finite differences ---------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @FEW
 @given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
-def test_hand_matches_autodiff(cfg, seed, dtype):
+def test_hand_matches_autodiff(cfg, seed, dtype, method):
     shape_x, shape_w, stride, padding = cfg
     gen = np.random.default_rng(seed)
     arrays = _inputs(gen, shape_x, shape_w, dtype)
     static = {"stride": stride, "padding": padding}
-    _compare(arrays, static, _cotangent(gen, arrays, static), "hand", "autodiff", TOL[dtype])
+    cot = _cotangent(gen, arrays, static)
+    _compare(arrays, static, cot, "hand", "autodiff", TOL[dtype], method)
 
 
 @FEW
-@given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
-def test_hand_matches_finite_differences(cfg, seed):
+@given(cfg=configs(), seed=st.integers(0, 2**31 - 1), method=st.sampled_from([None, *MIXED]))
+def test_rule_and_mixed_plans_match_autodiff(cfg, seed, method):
+    """The op itself (its size rule) and each of Y, dX, dW taken from either formulation."""
     shape_x, shape_w, stride, padding = cfg
     gen = np.random.default_rng(seed)
     arrays = _inputs(gen, shape_x, shape_w, jnp.float64)
     static = {"stride": stride, "padding": padding}
     cot = _cotangent(gen, arrays, static)
-    _compare(arrays, static, cot, "hand", "fd", check.FD_TOLERANCE["float64"])
+    _compare(arrays, static, cot, "hand", "autodiff", TOL["float64"], method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@FEW
+@given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
+def test_hand_matches_finite_differences(cfg, seed, method):
+    shape_x, shape_w, stride, padding = cfg
+    gen = np.random.default_rng(seed)
+    arrays = _inputs(gen, shape_x, shape_w, jnp.float64)
+    static = {"stride": stride, "padding": padding}
+    cot = _cotangent(gen, arrays, static)
+    _compare(arrays, static, cot, "hand", "fd", check.FD_TOLERANCE["float64"], method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@FEW
+@given(cfg=configs(), seed=st.integers(0, 2**31 - 1))
+def test_forward_of_each_formulation_matches_reference(cfg, seed, method):
+    """The custom-VJP forward (what a differentiated call returns) equals the reference."""
+    shape_x, shape_w, stride, padding = cfg
+    gen = np.random.default_rng(seed)
+    arrays = _inputs(gen, shape_x, shape_w, jnp.float64)
+    y, res = jax.jit(functools.partial(conv2d_fwd, stride=stride, padding=padding, method=method))(
+        *arrays
+    )
+    want = C.conv2d_reference(*arrays, stride=stride, padding=padding)
+    assert y.shape == want.shape and y.dtype == want.dtype
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    assert len(res) == 2  # keeps X and W only, whichever formulation
+    np.testing.assert_array_equal(res[0], arrays[0])
+    np.testing.assert_array_equal(res[1], arrays[1])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_second_order_through_each_bwd(method, gen):
+    """Reverse-over-reverse: the HVP of ⟨conv2d(x, w, b), u⟩ through the hand bwd equals the
+    reference's (conv2d is bilinear in (x, w): the cross terms are nonzero)."""
+    arrays = _inputs(gen, (2, 6, 5, 2), (3, 2, 2, 3), jnp.float64)
+    static = {"stride": (2, 1), "padding": ((1, 0), (2, 1))}
+    u = _cotangent(gen, arrays, static)
+    v = tuple(_normal(gen, a.shape, a.dtype) for a in arrays)
+    op = _forced(method)
+
+    def hvp(fn):
+        loss = lambda *a: jnp.vdot(fn(*a, **static), u)
+        inner = lambda *a: sum(
+            jnp.vdot(g, t) for g, t in zip(jax.grad(loss, (0, 1, 2))(*a), v, strict=True)
+        )
+        return jax.jit(jax.grad(inner, (0, 1, 2)))(*arrays)
+
+    got, want = hvp(op), hvp(C.conv2d_reference)
+    report = check.compare(got, want, tol=1e-10, name=f"conv2d[{method}] hvp")
+    assert report.ok, str(report)
+    assert float(jnp.linalg.norm(want[0])) > 0 and float(jnp.linalg.norm(want[1])) > 0
 
 
 # -- strides that do not divide evenly -------------------------------------------------------
@@ -116,14 +204,15 @@ UNEVEN = [
 ]
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", UNEVEN, ids=lambda c: f"{c[0]}k{c[1]}s{c[2]}p{c[3]}")
-def test_uneven_strides(case, gen):
+def test_uneven_strides(case, method, gen):
     (h, w), (kh, kw), stride, padding = case
     arrays = _inputs(gen, (2, h, w, 2), (kh, kw, 2, 3), jnp.float64)
     static = {"stride": stride, "padding": padding}
     cot = _cotangent(gen, arrays, static)
-    _compare(arrays, static, cot, "hand", "autodiff", TOL["float64"])
-    _compare(arrays, static, cot, "hand", "fd", check.FD_TOLERANCE["float64"])
+    _compare(arrays, static, cot, "hand", "autodiff", TOL["float64"], method)
+    _compare(arrays, static, cot, "hand", "fd", check.FD_TOLERANCE["float64"], method)
 
 
 def test_uneven_cases_really_leave_a_remainder():
@@ -147,16 +236,17 @@ def test_uneven_cases_really_leave_a_remainder():
 
 
 # -- explicit bwd pieces: shapes, dtypes, bias sum ------------------------------------------
+@pytest.mark.parametrize("method", [None, *METHODS])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_bwd_shapes_dtypes_and_bias(dtype, gen):
+def test_bwd_shapes_dtypes_and_bias(dtype, method, gen):
     x, w, b = _inputs(gen, (2, 7, 6, 3), (3, 2, 3, 4), dtype)
-    fwd = jax.jit(conv2d_fwd, static_argnames=("stride", "padding"))
-    bwd = jax.jit(conv2d_bwd, static_argnames=("stride", "padding"))
-    y, res = fwd(x, w, b, stride=(2, 3), padding="VALID")
+    fwd = jax.jit(conv2d_fwd, static_argnames=("stride", "padding", "method"))
+    bwd = jax.jit(conv2d_bwd, static_argnames=("stride", "padding", "method"))
+    y, res = fwd(x, w, b, stride=(2, 3), padding="VALID", method=method)
     assert y.shape == (2, 3, 2, 4) and y.dtype == jnp.dtype(dtype)
     assert [r.shape for r in res] == [x.shape, w.shape]  # keeps X and W only
     dy = _normal(gen, y.shape, dtype)
-    dx, dw, db = bwd(res, dy, stride=(2, 3), padding="VALID")
+    dx, dw, db = bwd(res, dy, stride=(2, 3), padding="VALID", method=method)
     for g, a in ((dx, x), (dw, w), (db, b)):
         assert g.shape == a.shape and g.dtype == a.dtype
     np.testing.assert_allclose(db, np.asarray(dy, np.float64).sum(axis=(0, 1, 2)), rtol=1e-6)
@@ -187,6 +277,67 @@ def test_lists_and_symmetric_pairs_are_accepted(gen):
     np.testing.assert_allclose(conv2d(x, w, b, (2, 1), [1, 2]), want)
     same = conv2d(x, w, b, stride=1, padding=1)
     np.testing.assert_allclose(same, conv2d(x, w, b, 1, ((1, 1), (1, 1))))
+
+
+# -- the size rule and the formulation choice ------------------------------------------------
+RULE = [
+    # x shape, w shape, dtype, expected: the measured cases of the module docstring
+    ((128, 8, 8, 1), (3, 3, 1, 32), "float32", True),  # the CNN's first conv: C ≤ 8
+    ((128, 8, 8, 32), (3, 3, 32, 64), "float32", True),  # its second: P 9 MiB, O ≥ 32
+    ((128, 8, 8, 32), (3, 3, 32, 64), "float64", False),  # the same in float64: P 18 MiB
+    ((512, 8, 8, 32), (3, 3, 32, 64), "float32", False),  # P 36 MiB
+    ((128, 8, 8, 16), (3, 3, 16, 16), "float32", False),  # O < 32
+    ((32, 8, 8, 128), (3, 3, 128, 128), "float32", False),  # C > 64
+    ((64, 8, 8, 64), (3, 3, 64, 128), "float32", True),  # P 9 MiB, C ≤ 64, O ≥ 32
+    ((128, 8, 8, 16), (5, 5, 16, 64), "float32", False),  # 25 taps
+    ((32, 32, 32, 3), (5, 5, 3, 32), "float32", True),  # few channels: any taps (P 9.4 MiB)
+    ((64, 32, 32, 3), (5, 5, 3, 32), "float32", False),  # ... up to P 16 MiB (here 18.8)
+    ((4096, 32, 32, 64), (1, 1, 64, 64), "float32", True),  # 1×1: a GEMM, whatever the size
+]
+
+
+@pytest.mark.parametrize("shape_x, shape_w, dtype, want", RULE)
+def test_size_rule(shape_x, shape_w, dtype, want):
+    out_hw = shape_x[1:3]  # stride 1, "SAME"
+    assert C.use_gemm(shape_x, shape_w, out_hw, jnp.dtype(dtype).itemsize) is want
+    x = jax.ShapeDtypeStruct(shape_x, dtype)
+    w = jax.ShapeDtypeStruct(shape_w, dtype)
+    assert C._plan(None, x, w, out_hw) == (("gemm" if want else "lax"),) * 3
+
+
+def test_gemm_step_builds_im2col_once_per_layer(gen):
+    """A jitted gradient builds P = im2col(X) once: the backward's P (dW = Pᵀ dY) is merged
+    with the forward's (the reason P is not kept as a residual); the lax path builds none."""
+    x, w, b = _inputs(gen, (4, 6, 6, 2), (3, 3, 2, 4), jnp.float32)
+    u = _normal(gen, (4, 6, 6, 4), jnp.float32)
+
+    def concatenates(op):
+        loss = lambda x, w, b: jnp.vdot(op(x, w, b), u)
+        text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(x, w, b).compile().as_text()
+        return sum(" concatenate(" in line for line in text.splitlines())
+
+    assert concatenates(_forced("gemm")) == 1
+    assert concatenates(conv2d) == 1  # the rule picks the GEMMs here
+    assert concatenates(_forced("lax")) == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mutants_of_each_formulation_are_killed(method, key):
+    """`funcbp.mutate`'s broken backwards of each formulation are all flagged (the registry's
+    mutation test sees only the one the rule picks at its sampled shapes)."""
+    result = mutate.mutate_op(_forced(method), key)
+    assert result.made >= 9, result.made
+    assert not result.survivors, [(s.name, s.error) for s in result.survivors]
+    assert result.killed == result.made, [r for r in result.results if not r.killed]
+
+
+@pytest.mark.parametrize("method", ["GEMM", "im2col", ("lax", "gemm"), ("lax",) * 4])
+def test_unknown_method_raises(method, gen):
+    x, w, b = _inputs(gen, (1, 4, 4, 1), (3, 3, 1, 2), jnp.float32)
+    with pytest.raises(ValueError, match=r"conv2d: method must be 'gemm', 'lax', a triple"):
+        conv2d_fwd(x, w, b, method=method)
+    with pytest.raises(ValueError, match=r"conv2d: method must be"):
+        conv2d_bwd((x, w), jnp.zeros((1, 4, 4, 2)), method=method)
 
 
 # -- bad input --------------------------------------------------------------------------------
