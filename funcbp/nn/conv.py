@@ -25,7 +25,7 @@ def Conv2D(out_channels: int, kernel=3, *, stride=1, padding="SAME", init="he") 
 
     Params ``{"w": (KH, KW, C, out_channels), "b": (out_channels,)}``, He-initialised
     (fan_in = KH·KW·C). Backward by `funcbp.ops.conv2d` (transposed convolution for dX,
-    correlation of X with dY for dW).
+    correlation of X with dY for dW; run as im2col GEMMs or `lax` convolutions by a size rule).
     """
     kh, kw = _pair(kernel, "Conv2D: kernel")
     if not isinstance(out_channels, int) or out_channels < 1:
