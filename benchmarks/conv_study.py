@@ -222,16 +222,7 @@ def bench_cnn(spec, *, repeats: int, target_s: float, torch: bool, log=print) ->
     diff = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(*upd.values(), strict=True))
     step_err = (diff / sum(float(jnp.sum(b**2)) for b in upd["hand-lax"])) ** 0.5
 
-    def runner(step):
-        def run(n):
-            p, o, s = params, opt_state, state
-            for _ in range(n):
-                p, o, s, _ = step(p, o, s, batch, key)
-            block(p)
-
-        return run
-
-    runs = {k: runner(s) for k, s in steps.items()}
+    runs = {k: M.step_runner(s, params, opt_state, state, batch, key) for k, s in steps.items()}
     inner, _ = auto_inner(runs["hand"], target_s)
     for r in runs.values():
         r(1)

@@ -178,6 +178,18 @@ def setup(spec: ModelSpec, seed: int = 0, dtype=jnp.float32):
     return model, params, state, batch, jax.random.key(seed + 2)
 
 
+def step_runner(step, params, opt_state, state, batch, key):
+    """``run(k)``: k chained calls of ``step`` from the same start, blocking on the result."""
+
+    def run(k):
+        p, o, s = params, opt_state, state
+        for _ in range(k):
+            p, o, s, _ = step(p, o, s, batch, key)
+        block(p)
+
+    return run
+
+
 def bench_model(
     spec: ModelSpec,
     *,
@@ -207,16 +219,7 @@ def bench_model(
         s.pop("compiled")
         stats[v] = s
 
-    def runner(step):
-        def run(k):
-            p, o, s = params, opt_state, state
-            for _ in range(k):
-                p, o, s, _ = step(p, o, s, batch, key)
-            block(p)
-
-        return run
-
-    runs = {v: runner(steps[v]) for v in variants}
+    runs = {v: step_runner(steps[v], params, opt_state, state, batch, key) for v in variants}
     inner, dt = auto_inner(runs[variants[0]], target_s)
     if budget_s is not None:
         per_round = len(variants) * inner * dt

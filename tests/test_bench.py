@@ -200,3 +200,16 @@ def test_cli_quick_models_only(tmp_path, capsys):
 def test_cli_bad_arguments(argv, message, capsys):
     assert run_bench(_args(argv)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_conv_study_quick_runs_and_its_formulations_train_alike(tmp_path, capsys):
+    """`benchmarks/conv_study.py --quick`: every part runs, the JSON is written, and one step of
+    the GEMM-conv CNN updates the params as the lax-conv one does (float32)."""
+    from benchmarks import conv_study
+
+    out = tmp_path / "conv.json"
+    res = conv_study.main(["--quick", "--no-torch", "--json", str(out)])
+    assert json.loads(out.read_text())["cnn"] and res["layers"]
+    cnn = res["cnn"]
+    assert 0 <= cnn["hand_vs_lax_params_err"] < 1e-4, cnn
+    assert "hand" in capsys.readouterr().out
