@@ -9,7 +9,11 @@ interleaved (`benchmarks.common.interleaved`). Variants:
 * ``explicit``  ``make_train_step(engine="explicit")``: the layers' ``bwd`` called in reverse;
 * ``lean``      the hand path without the step's guard and metrics (no finiteness flags, no
   ``where`` keeping old params, no gradient norm or accuracy): what a PyTorch loop computes,
-  so it is the JAX side of the comparison with PyTorch eager.
+  so it is the JAX side of the comparison with PyTorch eager;
+* ``matmuls``   (MLPs only; a bound, not a step) the step's matrix products and the SGD update
+  of the weights and nothing else: per Dense layer X·W forward, Xᵀ·dY and dY·Wᵀ backward (no
+  dY·Wᵀ for the first layer, as in the real step), ``W − η dW``. How close a step comes to
+  this is how much it spends outside its GEMMs.
 
 Also the fused multi-step (`funcbp.train.make_multi_step`): steps/s with k steps per dispatch
 vs one dispatch per step.
@@ -153,6 +157,40 @@ def make_lean_step(model: nn.Layer, optimizer, gradients: str = "hand", *, jit: 
     return jax.jit(step) if jit else step
 
 
+def _dense_weights(params) -> list:
+    """The ``"w"`` of every Dense layer of a `serial` MLP's params, in order."""
+    layers = jax.tree.leaves(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
+    return [p["w"] for p in layers if isinstance(p, dict)]
+
+
+def matmul_step(ws, x, lr=LEARNING_RATE):
+    """The MLP step's matrix products and weight update only (see ``matmuls`` above)."""
+    acts = [x.reshape(x.shape[0], -1)]
+    for w in ws:
+        acts.append(acts[-1] @ w)
+    dy = acts[-1]
+    new = []
+    for i in reversed(range(len(ws))):
+        new.append(ws[i] - lr * (acts[i].T @ dy))
+        if i:  # the input's gradient is never needed
+            dy = dy @ ws[i].T
+    return tuple(reversed(new))
+
+
+def _make_matmul_bound(params):
+    """``matmuls`` as a jitted function with the step's signature (other params unchanged)."""
+    treedef = jax.tree.structure(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
+
+    def step(params, opt_state, state, batch, key=None):
+        ws = matmul_step(tuple(_dense_weights(params)), batch[0])
+        it = iter(ws)
+        layers = jax.tree.leaves(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
+        new = [dict(p, w=next(it)) if isinstance(p, dict) and "w" in p else p for p in layers]
+        return jax.tree.unflatten(treedef, new), opt_state, state, {}
+
+    return jax.jit(step)
+
+
 def make_variant_step(model: nn.Layer, optimizer, variant: str):
     """The jitted step of one of `VARIANTS`."""
     if variant == "hand":
@@ -163,6 +201,8 @@ def make_variant_step(model: nn.Layer, optimizer, variant: str):
         return make_train_step(model, optimizer, gradients="hand", engine="explicit")
     if variant == "lean":
         return make_lean_step(model, optimizer, "hand")
+    if variant == "matmuls":
+        return None  # built from the params: see `bench_model`
     raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
 
 
@@ -214,7 +254,7 @@ def bench_model(
 
     steps, stats = {}, {}
     for v in variants:
-        steps[v] = make_variant_step(model, optimizer, v)
+        steps[v] = make_variant_step(model, optimizer, v) or _make_matmul_bound(params)
         s = compiled_stats(steps[v], *args)
         s.pop("compiled")
         stats[v] = s
@@ -291,30 +331,14 @@ def bench_multi_step(
     variants = {"1 step/dispatch": run_single} | {f"k={k}": run_multi(k) for k in ks}
 
     # Lower bounds for the fused step, same k: the scan of the lean step (no guard, no
-    # metrics), and the scan of only the step's matrix products (forward x W, backward
-    # dY Wᵀ and Xᵀ dY per Dense layer) on the same shapes.
+    # metrics), and the scan of only the step's matrix products and weight update
+    # (`matmul_step`) on the same shapes.
     k_max = max(ks)
     lean = make_multi_step(make_lean_step(model, optimizer, jit=False))
-    dense = [
-        p["w"]
-        for p in jax.tree.leaves(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
-        if isinstance(p, dict)
-    ]
-
-    @jax.jit
-    def gemms_only(ws, xs):
-        def body(ws, x):
-            acts = [x.reshape(x.shape[0], -1)]
-            for w in ws:
-                acts.append(acts[-1] @ w)
-            dy = acts[-1]
-            new = []
-            for a, w in zip(reversed(acts[:-1]), reversed(ws), strict=True):
-                new.append(w - 1e-3 * (a.T @ dy))
-                dy = dy @ w.T
-            return tuple(reversed(new)), dy.sum()
-
-        return jax.lax.scan(body, tuple(ws), xs)
+    dense = tuple(_dense_weights(params))
+    gemms_only = jax.jit(
+        lambda ws, xs: jax.lax.scan(lambda ws, x: (matmul_step(ws, x), None), ws, xs)
+    )
 
     def run_lean():
         p, o, s = params, opt_state, state
@@ -323,14 +347,14 @@ def bench_multi_step(
         block(p)
 
     def run_gemms():
-        ws = tuple(dense)
+        ws = dense
         for batches, _ in chunks[k_max]:
             ws, _ = gemms_only(ws, batches[0])
         block(ws)
 
     variants |= {
         f"bound: k={k_max}, no guard or metrics": run_lean,
-        f"bound: k={k_max}, the matmuls only": run_gemms,
+        f"bound: k={k_max}, the matmuls and update only": run_gemms,
     }
     times = interleaved(variants, repeats=repeats, inner=n)
     return {

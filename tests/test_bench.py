@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import common, suite
-from benchmarks.models import VARIANTS, model_specs
+from benchmarks.models import VARIANTS, matmul_step, model_specs
 from benchmarks.torch_numpy import have_torch, numpy_mlp_grads
 from funcbp import nn, ops
 from funcbp.bench import add_bench_arguments, run_bench
@@ -45,8 +45,12 @@ def _is_timing(t, n):
 def test_models_structure(results):
     names = [m["model"] for m in results["models"]]
     assert names == [s.name for s in model_specs("tiny")]
+    kinds = {s.name: s.kind for s in model_specs("tiny")}
     for m in results["models"]:
-        assert set(m["variants"]) == set(VARIANTS)
+        extra = {"matmuls"} if kinds[m["model"]] == "mlp" else set()
+        assert set(m["variants"]) == set(VARIANTS) | extra
+        if extra:  # the bound does a subset of the step's work
+            assert m["variants"]["matmuls"]["flops"] <= m["variants"]["hand"]["flops"]
         assert m["n_params"] > 0 and m["inner"] >= 1
         for v in m["variants"].values():
             _is_timing(v["time"], 2)
@@ -65,7 +69,7 @@ def test_peak_multi_scaling_structure(results):
         "k=2",
         "k=4",
         "bound: k=4, no guard or metrics",
-        "bound: k=4, the matmuls only",
+        "bound: k=4, the matmuls and update only",
     }
     for v in multi.values():
         assert v["steps_per_s"] == pytest.approx(1 / v["time"].median)
@@ -213,3 +217,16 @@ def test_conv_study_quick_runs_and_its_formulations_train_alike(tmp_path, capsys
     cnn = res["cnn"]
     assert 0 <= cnn["hand_vs_lax_params_err"] < 1e-4, cnn
     assert "hand" in capsys.readouterr().out
+
+
+def test_matmul_step_is_the_mlp_steps_gemms(key):
+    """`matmul_step` does per layer W − η Xᵀ dY with dY back-propagated by dY Wᵀ (linear)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    ws = (jax.random.normal(k1, (5, 4)), jax.random.normal(k2, (4, 3)))
+    x = jax.random.normal(k3, (6, 5))
+    a1 = x @ ws[0]
+    dy2 = a1 @ ws[1]  # the bound seeds dY with the output itself
+    dy1 = dy2 @ ws[1].T
+    want = (ws[0] - 0.5 * x.T @ dy1, ws[1] - 0.5 * a1.T @ dy2)
+    for got, w in zip(matmul_step(ws, x, lr=0.5), want, strict=True):
+        np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
