@@ -176,10 +176,10 @@ def make_multi_step(step: Callable, *, jit: bool = True) -> Callable:
     models are dispatch-bound; one call per k steps removes k−1 dispatches. ``step`` should be
     the un-jitted step (``make_train_step(..., jit=False)``).
 
-    Measured (benchmarks/RESULTS.md, 64-128-128-10 MLP, batch 32, 2-core CPU): 85 → 46 µs per
-    step at k = 50 (1.85×); a scan of only the step's matrix products runs 39 µs per step, so
-    the fused step is within 1.2× of its own GEMMs. ``lax.scan(..., unroll=u)`` was slower
-    for every u > 1 tried (2, 5, 10).
+    Measured (benchmarks/RESULTS.md, 64-128-128-10 MLP, batch 32, 2-core CPU): 72–88 → 43–46 µs
+    per step at k = 50 (1.67–1.94× over three runs); a scan of only the step's matrix products
+    and weight update runs 32–39 µs per step, so the fused step is within 1.2–1.3× of its own
+    GEMMs. ``lax.scan(..., unroll=u)`` was slower for every u > 1 tried (2, 5, 10).
     """
 
     def multi(params, opt_state, state, batches, keys):
