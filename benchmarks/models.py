@@ -157,10 +157,18 @@ def make_lean_step(model: nn.Layer, optimizer, gradients: str = "hand", *, jit: 
     return jax.jit(step) if jit else step
 
 
+def _is_dense(t) -> bool:
+    return isinstance(t, dict) and "w" in t
+
+
+def _layer_params(params) -> list:
+    """A `serial` MLP's per-layer params, Dense dicts kept whole (activations have none)."""
+    return jax.tree.leaves(params, is_leaf=_is_dense)
+
+
 def _dense_weights(params) -> list:
     """The ``"w"`` of every Dense layer of a `serial` MLP's params, in order."""
-    layers = jax.tree.leaves(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
-    return [p["w"] for p in layers if isinstance(p, dict)]
+    return [p["w"] for p in _layer_params(params) if _is_dense(p)]
 
 
 def matmul_step(ws, x, lr=LEARNING_RATE):
@@ -179,13 +187,11 @@ def matmul_step(ws, x, lr=LEARNING_RATE):
 
 def _make_matmul_bound(params):
     """``matmuls`` as a jitted function with the step's signature (other params unchanged)."""
-    treedef = jax.tree.structure(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
+    treedef = jax.tree.structure(params, is_leaf=_is_dense)
 
     def step(params, opt_state, state, batch, key=None):
-        ws = matmul_step(tuple(_dense_weights(params)), batch[0])
-        it = iter(ws)
-        layers = jax.tree.leaves(params, is_leaf=lambda t: isinstance(t, dict) and "w" in t)
-        new = [dict(p, w=next(it)) if isinstance(p, dict) and "w" in p else p for p in layers]
+        ws = iter(matmul_step(tuple(_dense_weights(params)), batch[0]))
+        new = [dict(p, w=next(ws)) if _is_dense(p) else p for p in _layer_params(params)]
         return jax.tree.unflatten(treedef, new), opt_state, state, {}
 
     return jax.jit(step)

@@ -79,7 +79,7 @@ RNN(128), remat                       3.42      0.005     3.7        0
 attention (8, 256, 64), causal        4.19      0.409     2.9
 attention, remat                      4.19      0.476     3.1        0
 layer_norm (4096, 256)                16.79     0.019     6.2
-layer_norm, remat                     12.60     0.024     4.9        8.7e-8
+layer_norm, remat                     12.60     0.024     4.9        2e-8
 softmax (4096, 256)                   8.39      0.008     1.3
 softmax, remat                        4.21      0.013     1.5        0
 gelu (4096, 256)                      0.00      0.012     2.8
@@ -92,7 +92,7 @@ gelu, remat                           0.00      0.012     2.8        0
 * Softmax keeps its output y, which is not its input: recomputing y from x halves memory.
   Layer norm keeps x̂ and 1/σ: recompute keeps x instead (and here is faster: XLA fuses the
   recomputed normalisation into the backward). float32 rounding of the fused recomputation
-  differs by ~1e-7 relative.
+  differs by ~2e-8 relative (`check.compare`, against the tree norm).
 * GELU keeps its input, which is what remat keeps: nothing to gain. Attention already keeps
   only q, k, v, o and the row log-sum-exp (never the T × S probabilities), so recomputing o
   saves nothing measurable and costs the forward's two GEMMs (+16% FLOPs).
@@ -218,6 +218,34 @@ def remat_model(
 
 
 # -- measuring -------------------------------------------------------------------------------
+def _compile(fn, *args) -> tuple[Any, dict[str, Any]]:
+    """``jit(fn)`` compiled for ``args`` and warmed up; ``{"temp_bytes", "flops"}`` from XLA's
+    ``memory_analysis`` and ``cost_analysis`` (the recomputation shows in the FLOPs exactly)."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost  # older jax: one per computation
+    jax.block_until_ready(compiled(*args))
+    return compiled, {
+        "temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else 0,
+        "flops": float((cost or {}).get("flops", float("nan"))),
+    }
+
+
+def _interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """``{name: {"seconds": median, "min_seconds": min}}`` over ``repeats`` rounds, each round
+    calling every variant once, the order reversed every other round (drift in a shared
+    machine's load hits every variant alike)."""
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            jax.block_until_ready(calls[name]())
+            times[name].append(time.perf_counter() - t)
+    return {n: {"seconds": statistics.median(t), "min_seconds": min(t)} for n, t in times.items()}
+
+
 def measure(
     variants: dict[str, tuple[Layer, str]],
     params,
@@ -240,33 +268,16 @@ def measure(
     from funcbp.train import make_loss_fn
 
     loss = loss if loss is not None else ops.softmax_cross_entropy
-    compiled = {}
-    rows = {}
+    compiled, rows = {}, {}
     for label, (model, engine) in variants.items():
         if engine == "explicit":
             fn = lambda p, m=model: backprop.loss_and_grad(m, loss, p, state, x, y)[1]
         else:
             loss_fn = make_loss_fn(model, loss, gradients=engine)
             fn = jax.grad(lambda p, f=loss_fn: f(p, state, x, y)[0])
-        compiled[label] = jax.jit(fn).lower(params).compile()
-        mem = compiled[label].memory_analysis()
-        temp = int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else 0
-        cost = compiled[label].cost_analysis()
-        cost = cost[0] if isinstance(cost, list | tuple) else cost
-        flops = float((cost or {}).get("flops", float("nan")))
-        jax.block_until_ready(compiled[label](params))  # warm up
-        rows[label] = {"label": label, "temp_bytes": temp, "flops": flops, "times": []}
-    # interleaved rounds: drift in a shared machine's load hits every variant alike
-    for _ in range(repeats):
-        for label, fn in compiled.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn(params))
-            rows[label]["times"].append(time.perf_counter() - t)
-    out = []
-    for r in rows.values():
-        times = r.pop("times")
-        out.append(r | {"seconds": statistics.median(times), "min_seconds": min(times)})
-    return out
+        compiled[label], rows[label] = _compile(fn, params)
+    times = _interleaved({k: (lambda c=c: c(params)) for k, c in compiled.items()}, repeats)
+    return [{"label": k} | rows[k] | times[k] for k in variants]
 
 
 def _op_cases(dtype) -> dict[str, tuple[Callable, tuple]]:
@@ -315,39 +326,24 @@ def measure_ops(dtype=None, repeats: int = 30) -> list[dict[str, Any]]:
     ``grad_rel_diff``: the worst ‖Δg‖/‖g‖ over the gradient leaves, remat vs saved."""
     import jax.numpy as jnp
 
+    from funcbp import check
+
     dtype = dtype or jnp.float32
     out = []
     for label, (fn, args) in _op_cases(dtype).items():
-        grads, rows = {}, {}
+        compiled, rows = {}, {}
         for remat in (False, True):
-            g = jax.jit(jax.grad(fn(remat), argnums=tuple(range(len(args)))))
-            compiled = g.lower(*args).compile()
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, list | tuple) else cost
-            grads[remat] = jax.block_until_ready(compiled(*args))
-            rows[remat] = (compiled, compiled.memory_analysis().temp_size_in_bytes, cost)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for r in range(repeats):
-            for remat in (False, True) if r % 2 == 0 else (True, False):
-                t0 = time.perf_counter()
-                jax.block_until_ready(rows[remat][0](*args))
-                times[remat].append(time.perf_counter() - t0)
-        diff = max(
-            float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30))
-            for a, b in zip(
-                jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False]), strict=True
-            )
-        )
+            grad = jax.grad(fn(remat), argnums=tuple(range(len(args))))
+            compiled[remat], rows[remat] = _compile(grad, *args)
+        calls = {r: (lambda c=c, a=args: c(*a)) for r, c in compiled.items()}
+        times = _interleaved(calls, repeats)
+        diff = check.compare(compiled[True](*args), compiled[False](*args), tol=1.0).worst_rel
         for remat in (False, True):
-            _, temp, cost = rows[remat]
             out.append(
-                {
-                    "label": label + (", remat" if remat else ""),
-                    "temp_bytes": int(temp),
-                    "flops": float((cost or {}).get("flops", float("nan"))),
-                    "seconds": statistics.median(times[remat]),
-                    "grad_rel_diff": diff,
-                }
+                {"label": label + (", remat" if remat else "")}
+                | rows[remat]
+                | times[remat]
+                | {"grad_rel_diff": diff}
             )
     return out
 
@@ -405,4 +401,7 @@ def main_ops(repeats: int = 30) -> None:
 if __name__ == "__main__":
     import sys
 
-    main_ops() if "--ops" in sys.argv[1:] else main()
+    if "--ops" in sys.argv[1:]:
+        main_ops()
+    else:
+        main()

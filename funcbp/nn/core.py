@@ -25,11 +25,8 @@ four functions from the op and a list of parameter names.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import jax
 
 from funcbp.ops import Op
 
@@ -77,8 +74,7 @@ def op_layer(
     (`Op.remat` on the hand path and in the explicit engine, `jax.checkpoint` of the reference
     on the autodiff path); same values and gradients.
     """
-    if remat:
-        op = op.remat
+    engine_op = op.remat if remat else op  # what the explicit engine's fwd/bwd run
     # Bind once with placeholders: static config with the op's defaults applied, frozen.
     _, frozen = op.split((None,) * op.n_arrays, dict(static or {}))
     static = dict(frozen)
@@ -92,20 +88,18 @@ def op_layer(
         return out_shape, params, {}
 
     def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        fn = functools.partial(op.path(check_gradients(gradients)), **static)
-        if remat and gradients == "autodiff":
-            fn = jax.checkpoint(fn)
-        return fn(*_arrays(params, x)), state
+        fn = op.path(check_gradients(gradients), remat=remat)
+        return fn(*_arrays(params, x), **static), state
 
     def forward(params, state, x, *, key=None, train=False):
         arrays = _arrays(params, x)
         if op.validate is not None:
             op.validate(*arrays, **static)
-        y, residuals = op.fwd(*arrays, **static)
+        y, residuals = engine_op.fwd(*arrays, **static)
         return y, state, residuals
 
     def backward(params, residuals, dy):
-        grads = tuple(op.bwd(residuals, dy, **static))
+        grads = tuple(engine_op.bwd(residuals, dy, **static))
         return dict(zip(names, grads[1:], strict=True)), grads[0]
 
     return Layer(name, init_fn, apply, forward, backward)

@@ -125,13 +125,25 @@ class Op:
         arrays, static = self._checked(args, kwargs)
         return self.reference(*arrays, **dict(static))
 
-    def path(self, gradients: str) -> Callable[..., Any]:
-        """``"hand"`` or ``"autodiff"`` -> the matching callable."""
+    def path(self, gradients: str, *, remat: bool = False) -> Callable[..., Any]:
+        """``"hand"`` or ``"autodiff"`` -> the matching callable.
+
+        ``remat=True``: the same, recomputing instead of saving — `remat` on the hand path,
+        ``jax.checkpoint`` of the reference on the autodiff path."""
+        if gradients not in ("hand", "autodiff"):
+            raise ValueError(
+                f"{self.name}: gradients must be 'hand' or 'autodiff', got {gradients!r}"
+            )
         if gradients == "hand":
-            return self.hand
-        if gradients == "autodiff":
+            return self.remat.hand if remat else self.hand
+        if not remat:
             return self.autodiff
-        raise ValueError(f"{self.name}: gradients must be 'hand' or 'autodiff', got {gradients!r}")
+
+        def autodiff_remat(*args, **kwargs):
+            arrays, static = self._checked(args, kwargs)
+            return jax.checkpoint(functools.partial(self.reference, **dict(static)))(*arrays)
+
+        return autodiff_remat
 
     @functools.cached_property
     def remat(self) -> Op:

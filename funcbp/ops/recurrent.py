@@ -277,12 +277,6 @@ def _check_sequence(name, xs, gradients):
     require_ndim(name, "xs", xs, (2, None), "(T, ..., D), time-major")
 
 
-def _cell(op, gradients, remat):
-    if not remat:
-        return op.path(gradients)
-    return op.remat.hand if gradients == "hand" else jax.checkpoint(op.autodiff)
-
-
 def rnn(xs, h0, wx, wh, b, *, gradients="hand", remat=False):
     """Run `rnn_cell` over a time-major sequence with `lax.scan`.
 
@@ -299,7 +293,7 @@ def rnn(xs, h0, wx, wh, b, *, gradients="hand", remat=False):
       ``(hs, h_T)``: every hidden state h_1..h_T, (T, *B, H), and the final one, (*B, H).
     """
     _check_sequence("rnn", xs, gradients)
-    cell = _cell(rnn_cell, gradients, remat)
+    cell = rnn_cell.path(gradients, remat=remat)
 
     def step(h, x):
         h_new = cell(x, h, wx, wh, b)
@@ -325,7 +319,7 @@ def lstm(xs, h0, c0, wx, wh, b, *, gradients="hand", remat=False):
       ``(hs, (h_T, c_T))``: every hidden state h_1..h_T, (T, *B, H), and the final carry.
     """
     _check_sequence("lstm", xs, gradients)
-    cell = _cell(lstm_cell, gradients, remat)
+    cell = lstm_cell.path(gradients, remat=remat)
 
     def step(carry, x):
         h, c = carry
