@@ -26,6 +26,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check funcbp tests benchmarks
 	$(BIN)/ruff format --check funcbp tests benchmarks
+	$(BIN)/lint-imports
 
 check: $(STAMP)
 	$(BIN)/funcbp check

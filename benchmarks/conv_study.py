@@ -60,9 +60,9 @@ from benchmarks.common import (
     interleaved,
     machine_info,
 )
-from funcbp.fit import init_model
 from funcbp.ops import conv as C
 from funcbp.ops._op import Op
+from funcbp.training.loop import init_model
 
 __all__ = [
     "layer_variants",

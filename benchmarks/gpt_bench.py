@@ -1,8 +1,11 @@
-"""GPT training step: hand VJPs vs autodiff (and the explicit engine), one process.
+"""GPT training step: hand VJPs vs autodiff (and the explicit engine), one process; the GPT
+as a composition (`funcbp.nn.gpt`) side by side with the monolithic GPT it replaced
+(`benchmarks.legacy_gpt`, its own hand-written backward).
 
     python -m benchmarks.gpt_bench [--repeats 15] [--inner 10] [--configs small large]
 
-For each config, three jitted AdamW train steps on the same params and batch:
+For each config, jitted AdamW train steps on the same batch, for each model (``new``: the
+composition, ``old``: the monolith) and gradient source:
 
 * ``hand``      `jax.grad` through the ops' custom VJPs (the default training path);
 * ``autodiff``  `jax.grad` of the ops' plain references;
@@ -18,6 +21,7 @@ whole step, ``jit(step).lower(...).compile().memory_analysis().temp_size_in_byte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import legacy_gpt
 from funcbp.nn.gpt import GPTConfig, gpt
-from funcbp.train import make_train_step
+from funcbp.training import make_train_step
 
 CONFIGS = {
     # the `funcbp train --model gpt` default: 2-digit addition, T = 9
@@ -38,11 +43,8 @@ CONFIGS = {
     # a longer context and a wider, deeper model
     "large": (GPTConfig(vocab=64, context=64, layers=4, heads=8, width=256), 16),
 }
-VARIANTS = (
-    ("hand", "hand", "grad"),
-    ("autodiff", "autodiff", "grad"),
-    ("explicit", "hand", "explicit"),
-)
+SOURCES = ("hand", "autodiff", "explicit")
+MODELS = ("new", "old")
 
 
 def _block(tree):
@@ -50,35 +52,46 @@ def _block(tree):
     return tree
 
 
+def _model(which: str, config: GPTConfig):
+    if which == "new":
+        return gpt(config)
+    legacy = legacy_gpt.LegacyGPTConfig(
+        config.vocab, config.context, config.layers, config.heads, config.width, config.mlp_ratio
+    )
+    return legacy_gpt.gpt(legacy)
+
+
 def bench_config(config: GPTConfig, batch: int, repeats: int, inner: int, seed: int = 0):
-    """``{variant: {"ms": median ms/step, "temp_bytes": int, "rounds": [...]}}``."""
-    model = gpt(config)
+    """``{variant: {"ms": median ms/step, "temp_bytes": int, "rounds": [...]}}``; variants
+    ``"<source>"`` (the composition) and ``"<source> old"`` (the monolith)."""
     key = jax.random.key(seed)
     k_init, k_x, k_y = jax.random.split(key, 3)
-    _, params, state = model.init(k_init, (config.context,), jnp.float32)
     x = jax.random.randint(k_x, (batch, config.context), 0, config.vocab)
     y = jax.random.randint(k_y, (batch, config.context), 0, config.vocab)
     opt = optax.adamw(1e-3, weight_decay=0.1)
-    opt_state = opt.init(params)
-
-    steps, temp = {}, {}
-    for name, gradients, engine in VARIANTS:
-        step = make_train_step(model, opt, gradients=gradients, engine=engine)
-        compiled = step.lower(params, opt_state, state, (x, y), None).compile()
-        temp[name] = int(compiled.memory_analysis().temp_size_in_bytes)
-        steps[name] = compiled
-        _block(compiled(params, opt_state, state, (x, y), None))  # warm-up
+    steps, temp, inputs = {}, {}, {}
+    for which in MODELS:
+        model = _model(which, config)
+        _, params, state = model.init(k_init, (config.context,), jnp.float32)
+        opt_state = opt.init(params)
+        for source in SOURCES:
+            name = source if which == "new" else f"{source} old"
+            step = make_train_step(model, opt, source=source)
+            compiled = step.lower(params, opt_state, state, (x, y), None).compile()
+            temp[name] = int(compiled.memory_analysis().temp_size_in_bytes)
+            steps[name], inputs[name] = compiled, (params, opt_state, state)
+            _block(compiled(params, opt_state, state, (x, y), None))  # warm-up
 
     def run(name):
-        p, o = params, opt_state
+        p, o, state = inputs[name]
         t0 = time.perf_counter()
         for _ in range(inner):
             p, o, _, _ = steps[name](p, o, state, (x, y), None)
         _block(p)
         return (time.perf_counter() - t0) / inner
 
-    rounds = {name: [] for name, _, _ in VARIANTS}
-    order = [name for name, _, _ in VARIANTS]
+    order = list(steps)
+    rounds = {name: [] for name in order}
     for r in range(repeats):
         for name in order if r % 2 == 0 else order[::-1]:
             rounds[name].append(run(name))
@@ -111,7 +124,7 @@ def main(argv=None) -> int:
     for cname in args.configs:
         config, batch = CONFIGS[cname]
         res = bench_config(config, batch, args.repeats, args.inner)
-        results[cname] = {"config": vars(config) | {"batch": batch}, "results": res}
+        results[cname] = {"config": dataclasses.asdict(config) | {"batch": batch}, "results": res}
         label = (
             f"{cname}: L{config.layers} W{config.width} H{config.heads} "
             f"T{config.context} V{config.vocab} B{batch}"

@@ -1,12 +1,12 @@
 """Train-step speed and memory per model: hand VJPs vs autodiff (and the explicit engine).
 
-For each model, every variant is a jitted `funcbp.train` step with the same params, batch,
+For each model, every variant is a jitted `funcbp.training` step with the same params, batch,
 key and optimizer (plain SGD), compiled once for its FLOPs and temporary memory, then timed
 interleaved (`benchmarks.common.interleaved`). Variants:
 
-* ``hand``      ``make_train_step(gradients="hand")``: `jax.grad` through the ops' custom VJPs;
-* ``autodiff``  ``make_train_step(gradients="autodiff")``: `jax.grad` of the ops' references;
-* ``explicit``  ``make_train_step(engine="explicit")``: the layers' ``bwd`` called in reverse;
+* ``hand``      ``make_train_step(source="hand")``: `jax.grad` through the ops' custom VJPs;
+* ``autodiff``  ``make_train_step(source="autodiff")``: `jax.grad` of the ops' references;
+* ``explicit``  ``make_train_step(source="explicit")``: the layers' ``bwd`` called in reverse;
 * ``lean``      the hand path without the step's guard and metrics (no finiteness flags, no
   ``where`` keeping old params, no gradient norm or accuracy): what a PyTorch loop computes,
   so it is the JAX side of the comparison with PyTorch eager;
@@ -15,7 +15,7 @@ interleaved (`benchmarks.common.interleaved`). Variants:
   dY·Wᵀ for the first layer, as in the real step), ``W − η dW``. How close a step comes to
   this is how much it spends outside its GEMMs.
 
-Also the fused multi-step (`funcbp.train.make_multi_step`): steps/s with k steps per dispatch
+Also the fused multi-step (`funcbp.training.make_multi_step`): steps/s with k steps per dispatch
 vs one dispatch per step.
 """
 
@@ -31,8 +31,8 @@ import optax
 
 from benchmarks.common import auto_inner, block, compiled_stats, interleaved
 from funcbp import nn
-from funcbp.fit import init_model
-from funcbp.train import make_loss_fn, make_multi_step, make_train_step
+from funcbp.training import make_loss_fn, make_multi_step, make_train_step
+from funcbp.training.loop import init_model
 
 __all__ = [
     "ModelSpec",
@@ -143,9 +143,9 @@ def make_batch(spec: ModelSpec, key, dtype=jnp.float32):
     return x, y
 
 
-def make_lean_step(model: nn.Layer, optimizer, gradients: str = "hand", *, jit: bool = True):
+def make_lean_step(model: nn.Layer, optimizer, source: str = "hand", *, jit: bool = True):
     """The bare step: value-and-grad and the optimizer update, nothing else (jitted)."""
-    loss_fn = make_loss_fn(model, gradients=gradients)
+    loss_fn = make_loss_fn(model, source=source)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(params, opt_state, state, batch, key=None):
@@ -200,11 +200,11 @@ def _make_matmul_bound(params):
 def make_variant_step(model: nn.Layer, optimizer, variant: str):
     """The jitted step of one of `VARIANTS`."""
     if variant == "hand":
-        return make_train_step(model, optimizer, gradients="hand")
+        return make_train_step(model, optimizer, source="hand")
     if variant == "autodiff":
-        return make_train_step(model, optimizer, gradients="autodiff")
+        return make_train_step(model, optimizer, source="autodiff")
     if variant == "explicit":
-        return make_train_step(model, optimizer, gradients="hand", engine="explicit")
+        return make_train_step(model, optimizer, source="explicit")
     if variant == "lean":
         return make_lean_step(model, optimizer, "hand")
     if variant == "matmuls":

@@ -47,7 +47,7 @@ def _worker(size: str, steps: int, matmul_n: int) -> dict[str, Any]:
 
     from benchmarks.common import block
     from benchmarks.models import ModelSpec, setup
-    from funcbp.train import make_train_step
+    from funcbp.training import make_train_step
 
     if size == "large":
         spec = ModelSpec("mlp-large", "mlp", 1024, (4096,), 10, (4096, 4096, 4096, 10))

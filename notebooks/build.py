@@ -90,7 +90,7 @@ def linear_layer_cells():
         numerically** against `jax.grad` and central finite differences in float64. Then it
         chains layers (the back-propagation recursion), shows why every gradient must be
         computed with the pre-update weights, and checks the update rule
-        $W \leftarrow W - \eta(\partial E/\partial W + \lambda W)$ against `funcbp.train.classic_sgd`.
+        $W \leftarrow W - \eta(\partial E/\partial W + \lambda W)$ against `funcbp.training.classic_sgd`.
 
         Every claim ends in an `assert`: the test suite re-executes this notebook, so a wrong
         formula fails the build.
@@ -103,7 +103,7 @@ import optax
 from funcbp import backprop, nn, ops
 from funcbp.check import finite_difference_grad, relative_error
 from funcbp.ops.linear import linear_bwd
-from funcbp.train import classic_sgd
+from funcbp.training.optim import classic_sgd
 """
         ),
         md(r"""
@@ -279,8 +279,8 @@ from funcbp.train import classic_sgd
         def tanh_mlp(depth):
             layers = []
             for _ in range(depth - 1):
-                layers += [nn.Dense(H, init="lecun"), nn.Tanh()]
-            return nn.serial(*layers, nn.Dense(C, init="lecun"))
+                layers += [nn.Dense(H, init=nn.init.lecun_normal()), nn.Tanh()]
+            return nn.serial(*layers, nn.Dense(C, init=nn.init.lecun_normal()))
 
 
         def unpack(params):
@@ -328,7 +328,7 @@ from funcbp.train import classic_sgd
 
 
         def autodiff_loss(params, model):
-            out, _ = model.apply(params, state, x0, key=None, train=True, gradients="autodiff")
+            out, _ = model.apply(params, state, x0, key=None, train=True, source="autodiff")
             return ops.softmax_cross_entropy.autodiff(out, labels)
 
 
@@ -389,7 +389,7 @@ from funcbp.train import classic_sgd
         for J in reversed(jacobians):  # g · J_top · … · J_1, right to left
             product = product @ J
         one_loss = lambda v: ops.softmax_cross_entropy.autodiff(
-            model.apply(params, state, v[None, :], gradients="autodiff")[0], y[None]
+            model.apply(params, state, v[None, :], source="autodiff")[0], y[None]
         )
         e_chain = relative_error(product, jax.grad(one_loss)(x))
         print("Jacobian shapes, input to output:", [tuple(J.shape) for J in jacobians])
@@ -445,7 +445,7 @@ from funcbp.train import classic_sgd
 
         With an L2 penalty $\tfrac{\lambda}{2}\lVert W\rVert^2$ added to the error, its gradient
         $\lambda W$ joins $\partial E/\partial W$ ("weight decay"), and gradient descent with
-        learning rate $\eta$ gives the classic rule above. `funcbp.train.classic_sgd(η, λ)` is
+        learning rate $\eta$ gives the classic rule above. `funcbp.training.classic_sgd(η, λ)` is
         that rule as an optax chain (`add_decayed_weights(λ)` then `sgd(η)`); by default the decay
         applies to weight matrices only (biases are not decayed, the usual practice), and
         `decay_all=True` applies it to every parameter, exactly as the formula is written.
@@ -794,8 +794,7 @@ import time
 
 from funcbp import nn
 from funcbp.data import load_digits
-from funcbp.fit import fit, init_model
-from funcbp.train import classic_sgd, make_train_step
+from funcbp.training import FitConfig, classic_sgd, fit, init_model, make_train_step
 
 data = load_digits(seed=0)  # x (n, 64) float32 standardised, y (n,) int32
 model = nn.mlp([128, 128, 10])
@@ -815,8 +814,8 @@ print("train", data.x_train.shape, data.x_train.dtype, " test", data.x_test.shap
         EPOCHS, BATCH, LR, WD, SEED = 15, 64, 0.05, 1e-4, 0
         runs = {}
         for gradients in ("hand", "autodiff"):
-            runs[gradients] = fit(model, data, optimizer=classic_sgd(LR, WD), epochs=EPOCHS,
-                                  batch_size=BATCH, seed=SEED, gradients=gradients, progress=False)
+            runs[gradients] = fit(model, data, classic_sgd(LR, WD),
+                                  FitConfig(EPOCHS, BATCH, SEED, source=gradients))
 
         h, a = runs["hand"].history, runs["autodiff"].history
         show_table(
@@ -884,8 +883,8 @@ print("train", data.x_train.shape, data.x_train.dtype, " test", data.x_test.shap
         """),
         code("""
         STEPS = 330  # = 15 epochs of 22 batches
-        PATHS = {"hand": dict(gradients="hand"), "explicit": dict(gradients="hand", engine="explicit"),
-                 "autodiff": dict(gradients="autodiff")}
+        PATHS = {"hand": dict(source="hand"), "explicit": dict(source="explicit"),
+                 "autodiff": dict(source="autodiff")}
 
 
         @jax.jit
@@ -1568,8 +1567,8 @@ def planted_bug_cells():
         Gradient checks of single ops (notebooks 02, 04) tell you *that* a backward is wrong.
         In a whole network the question is *where*: a wrong gradient in one layer corrupts every
         gradient below it, so all parameters may look wrong at once.
-        `funcbp.diverge.divergence_report` answers it. For a `serial` model
-        $x_0 \to f_0 \to x_1 \to \dots \to f_{n-1} \to x_n \to L$ ($f_i$ = `model.children[i]`,
+        `funcbp.check.diverge.divergence_report` answers it. For a `serial` model
+        $x_0 \to f_0 \to x_1 \to \dots \to f_{n-1} \to x_n \to L$ ($f_i$ = the `i`-th of `model.children`,
         $x_0$ the input) it computes every activation gradient $\partial L/\partial x_i$ and
         every parameter gradient twice:
 
@@ -1597,8 +1596,10 @@ def planted_bug_cells():
         code(
             SETUP
             + r"""
-from funcbp import check, data, diverge, mutate, nn, ops
-from funcbp.fit import init_model
+from funcbp import check, data, nn, ops
+from funcbp.check import diverge
+from funcbp.check import mutate
+from funcbp.training.loop import init_model
 
 BATCH = 16
 digits, images = data.load_digits(), data.load_digits(image=True)  # (n, 64) and (n, 8, 8, 1)
@@ -1610,8 +1611,8 @@ mlp = nn.mlp([32, 32, 32, 10])  # Dense → ReLU → Dense → ReLU → Dense �
 cnn = nn.cnn(10, channels=(4, 6), hidden=16)  # Conv → BatchNorm → ReLU → Conv → … → Dense
 mlp_params, mlp_state = init_model(mlp, 0, digits.input_shape, jnp.float64)
 cnn_params, cnn_state = init_model(cnn, 0, images.input_shape, jnp.float64)
-print("MLP layers:", [layer.name for layer in mlp.children])
-print("CNN layers:", [layer.name for layer in cnn.children])
+print("MLP layers:", [layer.name for _, layer in mlp.children])
+print("CNN layers:", [layer.name for _, layer in cnn.children])
 print("inputs:", x_mlp.shape, x_cnn.shape, "labels:", y_mlp[:8], "…")
 
 
@@ -1682,10 +1683,11 @@ def check_planted(report, index):
 
         def plant(model, index, bad_op, param_names, name):
             # `model` with layer `index` rebuilt from `bad_op` (same init, hence same params)
-            original = model.children[index]
+            layers = [layer for _, layer in model.children]
+            original = layers[index]
             init = lambda key, shape, dtype: original.init(key, shape, dtype)[:2]
             bad = nn.op_layer(name, bad_op, init, param_names)
-            return nn.serial(*model.children[:index], bad, *model.children[index + 1 :], name=model.name + "_planted")
+            return nn.serial(*layers[:index], bad, *layers[index + 1 :], name=model.name + "_planted")
 
 
         BUG_A = 2
@@ -1706,9 +1708,9 @@ def check_planted(report, index):
         A bug confined to a parameter gradient does not travel: $dL/dx$ stays correct all the
         way down. The next bug does travel.
 
-        ## 3. Bug B — a wrong stored residual (from `funcbp.mutate`)
+        ## 3. Bug B — a wrong stored residual (from `funcbp.check.mutate`)
 
-        `funcbp.mutate.make_mutants` derives broken backwards automatically (flipped signs,
+        `funcbp.check.mutate.make_mutants` derives broken backwards automatically (flipped signs,
         doubled or forgotten terms, skipped batch sums, wrong residuals, …). Its
         `linear:residual[1]` mutant runs the true backward with the stored weight scaled by
         1.1 — as if the forward had kept a stale or wrongly transformed $W$. Then
@@ -1811,7 +1813,7 @@ def check_planted(report, index):
         md(r"""
         ## 6. Mutation testing: a checker that never fails proves nothing
 
-        `funcbp.mutate.mutate_op` builds every applicable mutant of an op's backward and runs
+        `funcbp.check.mutate.mutate_op` builds every applicable mutant of an op's backward and runs
         the op-level gradient check (hand vs autodiff, float64, tolerance $10^{-10}$) on each;
         a mutant that passes is retried on fresh random shapes and only excused if its
         cotangents equal the true ones on every sample tried (an *equivalent* mutant). For the ops of the
@@ -1870,7 +1872,7 @@ NOTEBOOKS = {
     ),
     "05_finding_a_planted_bug.ipynb": (
         "The divergence report on the digits MLP and CNN: no divergence when healthy; three "
-        "planted bugs (dW sign, a wrong residual from funcbp.mutate, batch norm without its mean "
+        "planted bugs (dW sign, a wrong residual from funcbp.check.mutate, batch norm without its mean "
         "term) each named exactly; per-layer errors from the loss backwards; every mutant of "
         "linear, conv2d and batch_norm caught.",
         planted_bug_cells,

@@ -56,13 +56,16 @@ def test_explicit_engine_loss_and_input_gradient(key):
     (loss, (_, logits)), _ = backprop.loss_and_grad(
         model, ops.softmax_cross_entropy, params, state, x, y
     )
-    out, _ = model.apply(params, state, x, gradients="autodiff")
+    out, _ = model.apply(params, state, x, source="autodiff")
     assert jnp.allclose(loss, ops.softmax_cross_entropy.reference(out, y), rtol=1e-14)
-    _, _, tape = backprop.serial_forward(model.children, params, state, x)
+    _, _, tape = backprop.walk(
+        model.children, params, state, x,
+        keys=backprop.layer_keys(None, len(params)), train=True, source="explicit",
+    )  # fmt: skip
     dlogits = jax.random.normal(key, out.shape, out.dtype)
     _, dx = model.backward(params, model.forward(params, state, x)[2], dlogits)
     ref_dx = jax.grad(
-        lambda xx: jnp.vdot(model.apply(params, state, xx, gradients="autodiff")[0], dlogits)
+        lambda xx: jnp.vdot(model.apply(params, state, xx, source="autodiff")[0], dlogits)
     )(x)
     assert check.relative_error(dx, ref_dx) < 1e-12
     assert len(tape) == len(params)
@@ -91,9 +94,54 @@ def test_layer_keys():
     assert len(ks) == 3
 
 
-@pytest.mark.parametrize("gradients", ["hand", "autodiff"])
-def test_serial_apply_paths_agree(gradients, key):
+@pytest.mark.parametrize("source", ["hand", "autodiff", "explicit"])
+def test_serial_apply_sources_agree(source, key):
     model, params, state, x, _ = _setup(11, jnp.float64)
-    out, _ = model.apply(params, state, x, gradients=gradients)
+    out, _ = model.apply(params, state, x, source=source)
     ref, _, _ = model.forward(params, state, x)
     assert jnp.allclose(out, ref, rtol=1e-14, atol=0)
+
+
+def test_check_source_and_paths():
+    assert backprop.check_source("explicit") == "explicit"
+    with pytest.raises(ValueError, match="fit: source must be one of"):
+        backprop.check_source("numeric", "fit: source")
+    assert backprop.path_str(("blocks", 3, "attn")) == "blocks.3.attn"
+    assert backprop.path_str(()) == "·"
+
+
+class _Record:
+    """A tap that records the order of the walk's calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def enter(self, path, layer, params, x):
+        self.calls.append(("enter", path))
+        return params, x
+
+    def leave(self, path, layer, y):
+        self.calls.append(("leave", path))
+        return y
+
+    def backward(self, path, layer, params, residuals, dy, grads):
+        self.calls.append(("backward", path))
+
+
+def test_the_walk_observes_every_leaf_in_order(key):
+    """The tap sees each leaf enter/leave in forward order and its backward in reverse order,
+    through nested combinators (serial, residual, tie), with paths into the params tree."""
+    body = nn.serial(
+        tok=nn.Embedding(5, 4),
+        res=nn.residual(nn.serial(ln=nn.LayerNorm(), act=nn.Tanh())),
+        head=nn.Unembed(5, 4),
+    )
+    model = nn.tie(body, shared=("head", "table"), to=("tok", "table"))
+    _, params, state = model.init(key, (3,), jnp.float64)
+    x = jax.random.randint(key, (2, 3), 0, 5)
+    tap = _Record()
+    backprop.loss_and_grad(model, ops.softmax_cross_entropy, params, state, x, x, tap=tap)
+    leaves = [("tok",), ("res", "ln"), ("res", "act"), ("head",)]
+    forward = [c for c in tap.calls if c[0] != "backward"]
+    assert forward == [(k, p) for p in leaves for k in ("enter", "leave")]
+    assert [p for k, p in tap.calls if k == "backward"] == leaves[::-1]

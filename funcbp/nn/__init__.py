@@ -1,13 +1,27 @@
-"""Layers and models as pure ``(init, apply)`` pairs; params are plain pytrees."""
+"""Layers, combinators and models as pure ``(init, apply)`` pairs; params are plain pytrees.
 
+A model is a composition: leaves (`op_layer` and the layers here) and combinators (`serial`,
+`residual`, `tie`, `remat`), each owning its hand backward; `funcbp.backprop` is the one walk.
+"""
+
+from funcbp.nn import init as init
+from funcbp.nn.attention import Attention as Attention
+from funcbp.nn.attention import MergeHeads as MergeHeads
+from funcbp.nn.attention import MultiHeadAttention as MultiHeadAttention
+from funcbp.nn.attention import SplitHeads as SplitHeads
+from funcbp.nn.combinators import residual as residual
 from funcbp.nn.combinators import serial as serial
+from funcbp.nn.combinators import tie as tie
 from funcbp.nn.conv import AvgPool2D as AvgPool2D
 from funcbp.nn.conv import Conv2D as Conv2D
 from funcbp.nn.conv import MaxPool2D as MaxPool2D
 from funcbp.nn.core import Layer as Layer
+from funcbp.nn.core import leaf as leaf
 from funcbp.nn.core import op_layer as op_layer
 from funcbp.nn.dropout import Dropout as Dropout
 from funcbp.nn.embedding import Embedding as Embedding
+from funcbp.nn.embedding import PositionEmbedding as PositionEmbedding
+from funcbp.nn.embedding import Unembed as Unembed
 from funcbp.nn.layers import Dense as Dense
 from funcbp.nn.layers import Flatten as Flatten
 from funcbp.nn.layers import Gelu as Gelu
@@ -21,11 +35,19 @@ from funcbp.nn.norm import BatchNorm as BatchNorm
 from funcbp.nn.norm import LayerNorm as LayerNorm
 from funcbp.nn.recurrent import LSTM as LSTM
 from funcbp.nn.recurrent import RNN as RNN
+from funcbp.nn.remat import remat as remat
+from funcbp.nn.remat import remat_segments as remat_segments
 
 __all__ = [
     "Layer",
+    "leaf",
     "op_layer",
+    "init",
     "serial",
+    "residual",
+    "tie",
+    "remat",
+    "remat_segments",
     "Dense",
     "Flatten",
     "Relu",
@@ -40,6 +62,12 @@ __all__ = [
     "BatchNorm",
     "Dropout",
     "Embedding",
+    "PositionEmbedding",
+    "Unembed",
+    "SplitHeads",
+    "MergeHeads",
+    "Attention",
+    "MultiHeadAttention",
     "RNN",
     "LSTM",
     "mlp",

@@ -1,46 +1,204 @@
-"""Combinators: `serial` composes layers into a model."""
+"""Combinators: models as compositions. Each owns its (hand) backward; none loops over layers
+itself — `serial` hands its children to the one walk (`funcbp.backprop.walk`).
+
+* `serial` — children in order, positional (params a tuple) or named (params a dict, so a
+  parameter's path reads like the model: ``['blocks'][3]['attn']['qkv']['w']``).
+* `residual` — ``y = x + f(x)``. Backward: the skip passes ``dy`` unchanged and the branch's
+  ``dx`` adds to it, ``dx = dy + f.backward(dy).dx`` (micrograd's ``+=``, llm.c's
+  ``residual_backward``).
+* `tie` — weight sharing: one array used at two places of a model (a tied token embedding and
+  output head). Backward: the shared array's gradient is the sum of its uses' gradients.
+
+`funcbp.nn.remat` holds the recomputing wrapper. Combinators are transparent to the params
+tree where they add no level (`residual`, `tie` and `remat` have their child's params).
+"""
 
 from __future__ import annotations
 
-from funcbp import backprop
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from funcbp.backprop import backward_layer, check_source, layer_keys, run_layer, walk, walk_back
 from funcbp.nn.core import Layer
 
-__all__ = ["serial"]
+__all__ = ["pack", "residual", "serial", "tie"]
 
 
-def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Compose layers in order. Params and state are tuples with one entry per layer.
+def _check_layer(where: str, name, layer) -> None:
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{where}: child {name!r} is {type(layer).__name__}, not a Layer")
 
-    ``apply`` chains each layer's ``apply`` (either gradient path); ``forward``/``backward``
-    are the explicit engine's pass over the chain (`funcbp.backprop`).
+
+def pack(children: Sequence, values: dict) -> Any:
+    """Values by child name -> the container of a serial's params: a tuple when the children
+    are positional (names 0, 1, …), else a dict in the children's order."""
+    names = [n for n, _ in children]
+    if names == list(range(len(names))):
+        return tuple(values[n] for n in names)
+    return {n: values[n] for n in names}
+
+
+def serial(*layers: Layer, name: str | None = None, **named: Layer) -> Layer:
+    """Compose layers in order: ``serial(a, b, c)`` (params a tuple, one entry per layer) or
+    ``serial(ln=LayerNorm(), fc=Dense(8))`` (params a dict keyed by the names).
+
+    ``apply``/``forward`` run the children through the walk (`funcbp.backprop.walk`) and
+    ``backward`` walks them in reverse (`funcbp.backprop.walk_back`). Each child gets its own
+    PRNG key (``jax.random.split`` of the serial's, in order).
     """
-    if not layers:
+    if layers and named:
+        raise ValueError("serial: give the layers either all positionally or all by name")
+    children = tuple(enumerate(layers)) if layers else tuple(named.items())
+    if not children:
         raise ValueError("serial: needs at least one layer")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"serial: argument {i} is {type(layer).__name__}, not a Layer")
+    for child_name, layer in children:
+        _check_layer("serial", child_name, layer)
+    n = len(children)
 
     def init(key, input_shape, dtype):
-        params, state = [], []
-        shape = tuple(input_shape)
-        for layer, k in zip(layers, backprop.layer_keys(key, len(layers)), strict=True):
-            shape, p, s = layer.init(k, shape, dtype)
-            params.append(p)
-            state.append(s)
-        return shape, tuple(params), tuple(state)
+        params, state, shape = {}, {}, input_shape
+        for (child, layer), k in zip(children, layer_keys(key, n), strict=True):
+            shape, params[child], state[child] = layer.init(k, shape, dtype)
+        return shape, pack(children, params), pack(children, state)
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        new_state = []
-        keys = backprop.layer_keys(key, len(layers))
-        for layer, p, s, k in zip(layers, params, state, keys, strict=True):
-            x, s = layer.apply(p, s, x, key=k, train=train, gradients=gradients)
-            new_state.append(s)
-        return x, tuple(new_state)
+    def apply(params, state, x, *, key=None, train=False, source="hand", tap=None, path=()):
+        check_source(source, "serial: source")
+        y, new_state, _ = walk(
+            children, params, state, x,
+            keys=layer_keys(key, n), train=train, source=source, tap=tap, path=path,
+        )  # fmt: skip
+        return y, pack(children, new_state)
 
-    def forward(params, state, x, *, key=None, train=False):
-        return backprop.serial_forward(layers, params, state, x, key=key, train=train)
+    def forward(params, state, x, *, key=None, train=False, tap=None, path=()):
+        y, new_state, tape = walk(
+            children, params, state, x,
+            keys=layer_keys(key, n), train=train, source="explicit", tap=tap, path=path,
+        )  # fmt: skip
+        return y, pack(children, new_state), tape
 
-    def backward(params, tape, dy):
-        return backprop.serial_backward(layers, params, tape, dy)
+    def backward(params, tape, dy, *, tap=None, path=()):
+        grads, dx = walk_back(children, params, tape, dy, tap=tap, path=path)
+        return pack(children, grads), dx
 
-    return Layer(name, init, apply, forward, backward, children=tuple(layers))
+    name = name or "serial"
+    return Layer(name, init, apply, forward, backward, children=children, kind="serial")
+
+
+def residual(branch: Layer, *, name: str | None = None) -> Layer:
+    """``y = x + branch(x)`` (a residual connection); params and state are ``branch``'s.
+
+    Backward: ``dx = dy + branch.backward(dy).dx`` — the gradient goes down both the skip and
+    the branch and adds up where they meet; ``dparams`` are the branch's.
+    """
+    _check_layer("residual", "branch", branch)
+    children = ((None, branch),)
+
+    def init(key, input_shape, dtype):
+        shape, params, state = branch.init(key, input_shape, dtype)
+        if tuple(shape) != tuple(input_shape):
+            raise ValueError(
+                f"residual: the branch {branch.name} maps {tuple(input_shape)} to "
+                f"{tuple(shape)}; y = x + f(x) needs f to keep the shape"
+            )
+        return shape, params, state
+
+    def apply(params, state, x, *, key=None, train=False, source="hand", tap=None, path=()):
+        fx, new_state, _ = run_layer(
+            branch, params, state, x, key=key, train=train, source=source, tap=tap, path=path
+        )
+        return x + fx, new_state
+
+    def forward(params, state, x, *, key=None, train=False, tap=None, path=()):
+        fx, new_state, tape = run_layer(
+            branch, params, state, x, key=key, train=train, source="explicit", tap=tap, path=path
+        )
+        return x + fx, new_state, tape
+
+    def backward(params, tape, dy, *, tap=None, path=()):
+        dparams, dx = backward_layer(branch, params, tape, dy, tap=tap, path=path)
+        return dparams, dy + dx  # skip + branch
+
+    name = name or f"residual({branch.name})"
+    return Layer(name, init, apply, forward, backward, children=children, kind="residual")
+
+
+# -- paths into nested params (dicts and tuples) --------------------------------------------
+def get_in(tree, path: Sequence[Hashable]):
+    """``tree[p0][p1]…``."""
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def set_in(tree, path: Sequence[Hashable], value):
+    """A copy of ``tree`` with ``tree[p0][p1]…`` set to ``value`` (dicts and tuples)."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(tree, tuple):
+        return tuple(set_in(v, rest, value) if i == head else v for i, v in enumerate(tree))
+    return {**tree, head: set_in(tree.get(head, {}), rest, value)}
+
+
+def del_in(tree, path: Sequence[Hashable]):
+    """A copy of ``tree`` without the dict entry at ``path``."""
+    head, rest = path[0], path[1:]
+    if not rest:
+        return {k: v for k, v in tree.items() if k != head}
+    if isinstance(tree, tuple):
+        return tuple(del_in(v, rest) if i == head else v for i, v in enumerate(tree))
+    return {**tree, head: del_in(tree[head], rest)}
+
+
+def _lookup(tree, path, where):
+    try:
+        return get_in(tree, path)
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"{where}: the params have no entry at {list(path)}") from None
+
+
+def tie(
+    model: Layer, *, shared: Sequence[Hashable], to: Sequence[Hashable], name: str | None = None
+) -> Layer:
+    """``model`` with the parameter at path ``shared`` made the SAME array as the one at ``to``
+    (e.g. ``tie(gpt, shared=("head", "table"), to=("tok", "table"))``: the output head reads
+    the token embedding table). The tied model's params omit ``shared``.
+
+    Backward: the table is used twice, so its gradient is the sum of both uses' gradients,
+    ``d to += d shared``.
+    """
+    _check_layer("tie", "model", model)
+    shared, to = tuple(shared), tuple(to)
+    where = f"tie({model.name}, {list(shared)} -> {list(to)})"
+
+    def expand(params):
+        return set_in(params, shared, get_in(params, to))
+
+    def init(key, input_shape, dtype):
+        shape, params, state = model.init(key, input_shape, dtype)
+        a, b = _lookup(params, shared, where), _lookup(params, to, where)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"{where}: {a.dtype}{a.shape} cannot share {b.dtype}{b.shape}")
+        return shape, del_in(params, shared), state
+
+    def apply(params, state, x, *, key=None, train=False, source="hand", tap=None, path=()):
+        y, new_state, _ = run_layer(
+            model, expand(params), state, x,
+            key=key, train=train, source=source, tap=tap, path=path,
+        )  # fmt: skip
+        return y, new_state
+
+    def forward(params, state, x, *, key=None, train=False, tap=None, path=()):
+        return run_layer(
+            model, expand(params), state, x,
+            key=key, train=train, source="explicit", tap=tap, path=path,
+        )  # fmt: skip
+
+    def backward(params, tape, dy, *, tap=None, path=()):
+        grads, dx = backward_layer(model, expand(params), tape, dy, tap=tap, path=path)
+        both = get_in(grads, to) + get_in(grads, shared)  # the two uses' gradients add up
+        return set_in(del_in(grads, shared), to, both), dx
+
+    children = ((None, model),)
+    name = name or f"tied({model.name})"
+    return Layer(name, init, apply, forward, backward, children, kind="tie")

@@ -6,55 +6,71 @@ A `Layer` is four pure functions and a name:
   ``input_shape`` excludes the batch dims; ``params`` and ``state`` are plain pytrees (dicts of
   arrays, ``{}`` when empty). ``state`` holds what is not trained by gradients (batch-norm
   running statistics).
-* ``apply(params, state, x, *, key, train, gradients) -> (y, state)``
-  the forward with either gradient path: ``gradients="hand"`` calls the ops' custom VJPs,
-  ``"autodiff"`` their plain references (so `jax.grad` differentiates the references). ``key``
-  is a PRNG key (dropout) or ``None``; ``train`` selects training behaviour (dropout on, batch
+* ``apply(params, state, x, *, key=None, train=False, source="hand") -> (y, state)``
+  the forward, for one gradient source (`funcbp.backprop.SOURCES`): ``"hand"`` calls the ops'
+  custom VJPs, ``"autodiff"`` their plain references (so `jax.grad` differentiates the
+  references), ``"explicit"`` the ops' ``fwd`` rules (the explicit engine's values). ``key`` is
+  a PRNG key (dropout) or ``None``; ``train`` selects training behaviour (dropout on, batch
   statistics) vs evaluation.
-* ``forward(params, state, x, *, key, train) -> (y, state, residuals)``
+* ``forward(params, state, x, *, key=None, train=False) -> (y, state, residuals)``
   the forward of the explicit engine (`funcbp.backprop`): the ops' ``fwd`` rules, keeping
   their residuals.
 * ``backward(params, residuals, dy) -> (dparams, dx)``
   the ops' hand ``bwd`` rules called directly: no `jax.grad`, `jax.vjp` or custom_vjp
   machinery. ``dx`` is ``None`` when the input is not differentiable (integer ids).
 
-Most layers are one op applied to the input and the layer's parameters; `op_layer` builds all
-four functions from the op and a list of parameter names.
+A *leaf* computes (built with `leaf`, most often with `op_layer`: one op applied to the input
+and the layer's parameters). A *combinator* (`funcbp.nn.combinators`) composes children: its
+``children`` are ``(name, layer)`` pairs (``name`` is the child's key in the params tree, or
+``None`` when the child shares the combinator's params), and its ``apply``/``forward``/
+``backward`` also take the walk's ``tap`` and ``path`` keywords (`funcbp.backprop.walk`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from funcbp.backprop import check_source
 from funcbp.ops import Op
 
-__all__ = ["Layer", "GRADIENTS", "check_gradients", "op_layer"]
-
-GRADIENTS = ("hand", "autodiff")
-
-
-def check_gradients(gradients: str) -> str:
-    """Validate the gradient-path switch: ``"hand"`` or ``"autodiff"``."""
-    if gradients not in GRADIENTS:
-        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
-    return gradients
+__all__ = ["Layer", "leaf", "op_layer"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """A layer: ``init``, ``apply``, and the explicit engine's ``forward``/``backward``."""
+    """A layer: ``init``, ``apply``, and the explicit engine's ``forward``/``backward``.
+
+    ``children``: ``(name, layer)`` pairs of a combinator (empty for a leaf); ``kind`` says
+    which combinator (``"leaf"``, ``"serial"``, ``"residual"``, ``"tie"``, ``"remat"``);
+    ``op``: the op an `op_layer` applies.
+    """
 
     name: str
     init: Callable[..., tuple[Any, Any, Any]]
     apply: Callable[..., tuple[Any, Any]]
     forward: Callable[..., tuple[Any, Any, Any]]
     backward: Callable[..., tuple[Any, Any]]
-    children: tuple[Layer, ...] = ()  # the sub-layers of a combinator, in order
+    children: tuple[tuple[Hashable | None, Layer], ...] = ()
+    kind: str = "leaf"
+    op: Op | None = None  # the op of an `op_layer` (checks look at it: kinks, mutants)
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
+
+
+def leaf(name: str, init, apply, forward, backward, *, op: Op | None = None) -> Layer:
+    """A leaf `Layer` whose ``apply`` handles ``"hand"`` and ``"autodiff"``; ``"explicit"`` is
+    answered by ``forward`` (its residuals dropped), so every layer takes every source."""
+
+    def apply_any(params, state, x, *, key=None, train=False, source="hand"):
+        if check_source(source, f"{name}: source") == "explicit":
+            y, new_state, _ = forward(params, state, x, key=key, train=train)
+            return y, new_state
+        return apply(params, state, x, key=key, train=train, source=source)
+
+    return Layer(name, init, apply_any, forward, backward, op=op)
 
 
 def op_layer(
@@ -65,14 +81,16 @@ def op_layer(
     static: dict | None = None,
     *,
     remat: bool = False,
+    inputs: int = 1,
 ) -> Layer:
-    """A stateless layer computing ``op(x, *params[names], **static)``.
+    """A stateless layer computing ``op(*x, *params[names], **static)``.
 
-    ``init(key, input_shape, dtype) -> (output_shape, params)``. The op's first array is the
-    layer input; the remaining arrays are ``params[n]`` for ``n`` in ``param_names``.
-    ``remat=True``: save only the op's inputs and recompute its residuals on the backward pass
-    (`Op.remat` on the hand path and in the explicit engine, `jax.checkpoint` of the reference
-    on the autodiff path); same values and gradients.
+    ``init(key, input_shape, dtype) -> (output_shape, params)``. The op's first ``inputs``
+    arrays are the layer input (``x`` itself, or a tuple of ``inputs`` arrays such as attention's
+    ``(q, k, v)``); the remaining arrays are ``params[n]`` for ``n`` in ``param_names``; ``dx``
+    has the structure of ``x``. ``remat=True``: save only the op's inputs and recompute its
+    residuals on the backward pass (`Op.remat` on the hand path and in the explicit engine,
+    `jax.checkpoint` of the reference on the autodiff path); same values and gradients.
     """
     engine_op = op.remat if remat else op  # what the explicit engine's fwd/bwd run
     # Bind once with placeholders: static config with the op's defaults applied, frozen.
@@ -81,15 +99,17 @@ def op_layer(
     names = tuple(param_names)
 
     def _arrays(params, x):
-        return (x, *(params[n] for n in names))
+        xs = (x,) if inputs == 1 else tuple(x)
+        if len(xs) != inputs:
+            raise ValueError(f"{name}: expects a tuple of {inputs} inputs, got {len(xs)}")
+        return (*xs, *(params[n] for n in names))
 
     def init_fn(key, input_shape, dtype):
-        out_shape, params = init(key, tuple(input_shape), dtype)
+        out_shape, params = init(key, input_shape, dtype)
         return out_shape, params, {}
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        fn = op.path(check_gradients(gradients), remat=remat)
-        return fn(*_arrays(params, x), **static), state
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
+        return op.path(source, remat=remat)(*_arrays(params, x), **static), state
 
     def forward(params, state, x, *, key=None, train=False):
         arrays = _arrays(params, x)
@@ -100,6 +120,7 @@ def op_layer(
 
     def backward(params, residuals, dy):
         grads = tuple(engine_op.bwd(residuals, dy, **static))
-        return dict(zip(names, grads[1:], strict=True)), grads[0]
+        dx = grads[0] if inputs == 1 else grads[:inputs]
+        return dict(zip(names, grads[inputs:], strict=True)), dx
 
-    return Layer(name, init_fn, apply, forward, backward)
+    return leaf(name, init_fn, apply, forward, backward, op=op)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from funcbp.nn.core import Layer, check_gradients
+from funcbp.nn.core import Layer, leaf
 from funcbp.ops.dropout import dropout
 
 __all__ = ["Dropout"]
@@ -22,11 +22,10 @@ def Dropout(rate: float) -> Layer:
             raise ValueError("Dropout: training mode needs a PRNG key (pass key=...)")
         return train and rate > 0
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        check_gradients(gradients)
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
         if not _active(train, key):
             return x, state
-        return dropout.path(gradients)(x, key, rate), state
+        return dropout.path(source)(x, key, rate), state
 
     def forward(params, state, x, *, key=None, train=False):
         if not _active(train, key):
@@ -39,4 +38,4 @@ def Dropout(rate: float) -> Layer:
             return {}, dy
         return {}, dropout.bwd(residuals, dy, rate)[0]
 
-    return Layer(f"dropout{rate}", init, apply, forward, backward)
+    return leaf(f"dropout{rate}", init, apply, forward, backward)

@@ -1,25 +1,94 @@
-"""Embedding layer: integer ids -> rows of a learned table."""
+"""Tables of vectors: token embedding, learned position embedding, and the output head.
+
+* `Embedding` — ids (...) -> rows of a table; backward a scatter-add (`funcbp.ops.embedding`).
+* `PositionEmbedding` — adds row ``t`` of a learned table to position ``t`` of (N, T, W).
+* `Unembed` — (..., W) -> logits (..., V) = x Eᵀ (`funcbp.ops.unembed`); tied to a token table
+  with `funcbp.nn.tie`.
+"""
 
 from __future__ import annotations
 
-import jax
+import jax.numpy as jnp
 
-from funcbp.nn.core import Layer, op_layer
+from funcbp.nn import init as initializers
+from funcbp.nn.core import Layer, leaf, op_layer
 from funcbp.ops.embedding import embedding
+from funcbp.ops.unembed import unembed
 
-__all__ = ["Embedding"]
+__all__ = ["Embedding", "PositionEmbedding", "Unembed"]
 
 
-def Embedding(vocab: int, dim: int, *, scale: float = 0.02) -> Layer:
-    """ids (...) int -> (..., dim). Params ``{"table": (vocab, dim)}`` ~ N(0, scale²).
+def _positive(where: str, **values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
+
+
+def Embedding(vocab: int, dim: int, *, init=None) -> Layer:
+    """ids (...) int -> (..., dim). Params ``{"table": (vocab, dim)}`` drawn by ``init``
+    (default N(0, 0.02²)).
 
     The table's gradient is a scatter-add of dy at the ids (repeated ids accumulate); the ids
     get no gradient (the layer's ``backward`` returns ``dx = None``)."""
-    for name, v in (("vocab", vocab), ("dim", dim)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"Embedding: {name} must be a positive int, got {v!r}")
+    _positive("Embedding", vocab=vocab, dim=dim)
+    init = initializers.check(init or initializers.normal(0.02), "Embedding: init")
 
     def init_fn(key, input_shape, dtype):
-        return (*input_shape, dim), {"table": scale * jax.random.normal(key, (vocab, dim), dtype)}
+        return (*input_shape, dim), {"table": init(key, (vocab, dim), dtype)}
 
     return op_layer(f"embedding{vocab}x{dim}", embedding, init_fn, ("table",))
+
+
+def PositionEmbedding(context: int, dim: int, *, init=None) -> Layer:
+    """x (N, T, dim) -> x + P[0..T), T <= ``context``. Params ``{"table": (context, dim)}``
+    (default N(0, 0.02²)).
+
+    Backward: ``dx = dy`` (an addition), and the rows are looked up at positions 0..T−1 that
+    every example shares, so the table's gradient is `funcbp.ops.embedding`'s scatter-add of
+    ``Σ_n dy[n]`` (the broadcast over the batch becomes a sum over it): rows ≥ T get 0.
+    """
+    _positive("PositionEmbedding", context=context, dim=dim)
+    init = initializers.check(init or initializers.normal(0.02), "PositionEmbedding: init")
+
+    def _check(x):
+        if x.ndim != 3 or x.shape[-1] != dim or not 1 <= x.shape[1] <= context:
+            raise ValueError(
+                f"PositionEmbedding: x must be (N, T, {dim}) with 1 <= T <= context {context}, "
+                f"got {tuple(x.shape)}"
+            )
+
+    def init_fn(key, input_shape, dtype):
+        if len(input_shape) != 2 or input_shape[-1] != dim or not 1 <= input_shape[0] <= context:
+            raise ValueError(
+                f"PositionEmbedding: input must be (T, {dim}) per example with T <= "
+                f"{context}, got {tuple(input_shape)}"
+            )
+        return tuple(input_shape), {"table": init(key, (context, dim), dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
+        _check(x)
+        pos = embedding.path(source)(jnp.arange(x.shape[1]), params["table"])  # (T, W)
+        return x + pos[None], state  # broadcast over the batch
+
+    def forward(params, state, x, *, key=None, train=False):
+        _check(x)
+        pos, residuals = embedding.fwd(jnp.arange(x.shape[1]), params["table"])  # (T, W)
+        return x + pos[None], state, residuals
+
+    def backward(params, residuals, dy):
+        _, dtable = embedding.bwd(residuals, jnp.sum(dy, axis=0))  # (context, W)
+        return {"table": dtable}, dy
+
+    return leaf(f"position{context}x{dim}", init_fn, apply, forward, backward)
+
+
+def Unembed(vocab: int, dim: int, *, init=None) -> Layer:
+    """x (..., dim) -> logits (..., vocab) = x Eᵀ with params ``{"table": (vocab, dim)}``
+    (default N(0, 0.02²)); tie ``table`` to a token `Embedding`'s with `funcbp.nn.tie`."""
+    _positive("Unembed", vocab=vocab, dim=dim)
+    init = initializers.check(init or initializers.normal(0.02), "Unembed: init")
+
+    def init_fn(key, input_shape, dtype):
+        return (*input_shape[:-1], vocab), {"table": init(key, (vocab, dim), dtype)}
+
+    return op_layer(f"unembed{vocab}", unembed, init_fn, ("table",))

@@ -1,37 +1,55 @@
-"""A GPT-style decoder-only transformer whose every gradient is hand-derived.
+"""A GPT-style decoder-only transformer, as a composition: no backward in this file.
 
 Architecture (GPT-2 style, pre-LN), for token ids (N, T) with T <= ``context``:
 
-    h₀ = E[ids] + P[0..T)                               token + learned position embeddings
+    h₀ = E[ids] + P[0..T)                               tok, pos
     for each block:                                     (W = width, H = heads, Dh = W / H)
-        a  = layer_norm(h)                              (N, T, W)
-        q, k, v = split_heads(linear(a, W_qkv, b_qkv))  (N, T, 3W) -> 3 × (N, H, T, Dh)
-        h  = h + linear(merge_heads(attention(q, k, v, causal)), W_o, b_o)
-        m  = gelu_tanh(linear(layer_norm(h), W_fc, b_fc))        (N, T, mlp_ratio·W)
-        h  = h + linear(m, W_out, b_out)
-    logits = unembed(layer_norm(h), E) = LN(h) Eᵀ       (N, T, V): the head is TIED to E
+        h = h + proj(merge(attention(split(qkv(ln(h))))))      attn  (a residual)
+        h = h + proj(gelu_tanh(fc(ln(h))))                     mlp   (a residual)
+    logits = unembed(ln_f(h), E) = LN(h) Eᵀ             head, TIED to the token table E
 
-Params are a plain dict: ``tok`` (V, W), ``pos`` (context, W), ``blocks`` (a tuple of one dict
-per block: ``ln1_gamma, ln1_beta, qkv_w, qkv_b, proj_w, proj_b, ln2_gamma, ln2_beta, fc_w,
-fc_b, out_w, out_b``), ``ln_f_gamma``, ``ln_f_beta``. There is no dropout (``key``/``train``
-are accepted and unused) and no state (``{}``).
+Every gradient comes from the ops' hand VJPs and the combinators' own backward rules
+(`funcbp.nn.combinators`): each residual sends its gradient down both branches and adds them,
+the head split/merge invert themselves, the position embedding's broadcast becomes a sum over
+the batch, and the tied table's two gradients (embedding scatter-add and head GEMM) add up.
 
-Three gradient paths, as for every funcbp model:
+Params (``init(key, (T,), dtype)``)::
 
-* ``apply(..., gradients="hand")``: the ops' custom VJPs under `jax.grad` (JAX itself only
-  transposes the glue: reshapes, head transposes, broadcasts and residual adds);
-* ``apply(..., gradients="autodiff")``: the ops' plain references, differentiated by `jax.grad`;
-* ``forward``/``backward``: the explicit engine. ``forward`` runs each op's ``fwd`` and keeps its
-  residuals in a tape (a dict keyed ``"<block>.<op>"``); ``backward`` walks the blocks in
-  reverse calling each op's ``bwd`` — no `jax.grad`/`jax.vjp` anywhere. The glue is undone by
-  hand: the head merge's reshape/transpose is inverted, the q/k/v split is re-stacked, each
-  residual add sends its incoming gradient down *both* branches (and the two arriving at the
-  block input are summed), the position embedding's broadcast over the batch becomes a sum over
-  it, and the tied table's two gradients (embedding scatter-add and head GEMM) add up.
+    {"tok": {"table": (V, W)}, "pos": {"table": (context, W)},
+     "blocks": ({"attn": {"ln": {gamma, beta}, "qkv": {w: (W, 3W), b}, "heads": {},
+                          "attention": {}, "merge": {}, "proj": {w: (W, W), b}},
+                 "mlp": {"ln": {...}, "fc": {w: (W, 4W), b}, "gelu": {}, "proj": {w, b}}}, ...),
+     "ln_f": {gamma, beta}, "head": {}}
 
 Init (GPT-2 practice): weights N(0, 0.02²); the two projections that write into the residual
-stream (``proj_w``, ``out_w``) N(0, (0.02/√(2·layers))²) so the stream's variance does not grow
-with depth; biases 0; layer-norm γ = 1, β = 0.
+stream N(0, (0.02/√(2·layers))²), so the stream's variance does not grow with depth; biases 0;
+layer-norm γ = 1, β = 0.
+
+Weights from the ecosystem: `to_hf(config, params)` flattens funcbp's params (or a gradient
+tree: the same structure) into a dict keyed by the Hugging Face GPT-2 names, and
+`from_hf(config, state)` is its inverse, so a user holding GPT-2 weights locally (e.g.
+``safetensors.numpy.load_file``) can load and fine-tune them with hand VJPs. The layout needs
+no transposes: GPT-2's ``Conv1D`` weights are stored (in, out) like funcbp's ``Dense``, and
+``c_attn``'s output columns are ``[q | k | v]``, each split into heads, exactly as
+`funcbp.nn.attention.SplitHeads` reads them.
+
+===========================================  ==========================================
+Hugging Face                                 funcbp
+===========================================  ==========================================
+transformer.wte.weight (V, W)                ['tok']['table']  (also the tied head)
+transformer.wpe.weight (context, W)          ['pos']['table']
+transformer.h.{i}.ln_1.weight / .bias        ['blocks'][i]['attn']['ln']['gamma'/'beta']
+transformer.h.{i}.attn.c_attn.weight / .bias ['blocks'][i]['attn']['qkv']['w'/'b']
+transformer.h.{i}.attn.c_proj.weight / .bias ['blocks'][i]['attn']['proj']['w'/'b']
+transformer.h.{i}.ln_2.weight / .bias        ['blocks'][i]['mlp']['ln']['gamma'/'beta']
+transformer.h.{i}.mlp.c_fc.weight / .bias    ['blocks'][i]['mlp']['fc']['w'/'b']
+transformer.h.{i}.mlp.c_proj.weight / .bias  ['blocks'][i]['mlp']['proj']['w'/'b']
+transformer.ln_f.weight / .bias              ['ln_f']['gamma'/'beta']
+===========================================  ==========================================
+
+``from_hf`` also accepts the keys without the ``transformer.`` prefix (a ``GPT2Model`` state),
+ignores the attention-mask buffers (``attn.bias``, ``attn.masked_bias``), and accepts an
+``lm_head.weight`` only if it equals the token table (the head is tied).
 """
 
 from __future__ import annotations
@@ -39,29 +57,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
+import numpy as np
 
-from funcbp.nn.core import Layer, check_gradients
-from funcbp.ops import attention, embedding, gelu, layer_norm, linear, unembed
+from funcbp.nn import init as initializers
+from funcbp.nn.attention import Attention, MergeHeads, SplitHeads
+from funcbp.nn.combinators import residual, serial, tie
+from funcbp.nn.core import Layer
+from funcbp.nn.embedding import Embedding, PositionEmbedding, Unembed
+from funcbp.nn.layers import Dense, Gelu
+from funcbp.nn.norm import LayerNorm
+from funcbp.nn.remat import POLICIES, remat_segments
 
-__all__ = ["GPTConfig", "gpt", "BLOCK_PARAMS"]
-
-BLOCK_PARAMS = (
-    "ln1_gamma",
-    "ln1_beta",
-    "qkv_w",
-    "qkv_b",
-    "proj_w",
-    "proj_b",
-    "ln2_gamma",
-    "ln2_beta",
-    "fc_w",
-    "fc_b",
-    "out_w",
-    "out_b",
-)
-"""The parameter names of one transformer block, in forward order."""
+__all__ = ["GPTConfig", "block", "from_hf", "gpt", "to_hf"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +78,9 @@ class GPTConfig:
     vocab: number of token ids V; context: the longest sequence T (rows of the position table);
     layers: transformer blocks; heads: attention heads H (must divide ``width``); width: the
     residual stream's size W; mlp_ratio: the MLP's hidden size is ``mlp_ratio · width``; eps:
-    the layer norms' ε.
+    the layer norms' ε; remat: blocks per rematerialised segment (`funcbp.nn.remat_segments`:
+    1 recomputes each block's insides on the backward pass instead of keeping them; 0 keeps
+    everything); remat_policy: what a segment may still save (`funcbp.nn.remat.POLICIES`).
     """
 
     vocab: int
@@ -81,6 +90,8 @@ class GPTConfig:
     width: int = 64
     mlp_ratio: int = 4
     eps: float = 1e-5
+    remat: int = 0
+    remat_policy: str = "nothing_saveable"
 
     def __post_init__(self):
         for name in ("vocab", "context", "layers", "heads", "width", "mlp_ratio"):
@@ -93,6 +104,13 @@ class GPTConfig:
             )
         if isinstance(self.eps, bool) or not isinstance(self.eps, int | float) or self.eps < 0:
             raise ValueError(f"GPTConfig: eps must be a number >= 0, got {self.eps!r}")
+        if isinstance(self.remat, bool) or not isinstance(self.remat, int) or self.remat < 0:
+            raise ValueError(f"GPTConfig: remat must be an int >= 0, got {self.remat!r}")
+        if self.remat_policy not in POLICIES:
+            raise ValueError(
+                f"GPTConfig: remat_policy must be one of {sorted(POLICIES)}, got "
+                f"{self.remat_policy!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -103,153 +121,29 @@ class GPTConfig:
         return self.mlp_ratio * self.width
 
 
-# -- the head split and its hand inverse ----------------------------------------------------
-def _split_qkv(qkv, heads):
-    """(N, T, 3W) -> q, k, v, each (N, H, T, Dh): columns [q | k | v], each split into heads."""
-    n, t, w3 = qkv.shape
-    dh = w3 // (3 * heads)
-    x = qkv.reshape(n, t, 3, heads, dh)  # (N, T, 3, H, Dh)
-    x = x.transpose(2, 0, 3, 1, 4)  # (3, N, H, T, Dh)
-    return x[0], x[1], x[2]
-
-
-def _split_qkv_grad(dq, dk, dv):
-    """The VJP of `_split_qkv` (its inverse, as it only moves entries): 3 × (N, H, T, Dh) ->
-    (N, T, 3W)."""
-    n, h, t, dh = dq.shape
-    x = jnp.stack([dq, dk, dv])  # (3, N, H, T, Dh)
-    x = x.transpose(1, 3, 0, 2, 4)  # (N, T, 3, H, Dh): the inverse permutation
-    return x.reshape(n, t, 3 * h * dh)  # (N, T, 3W)
-
-
-def _merge_heads(o):
-    """(N, H, T, Dh) -> (N, T, W): the heads' outputs side by side."""
-    n, h, t, dh = o.shape
-    return o.transpose(0, 2, 1, 3).reshape(n, t, h * dh)  # (N, T, H, Dh) -> (N, T, W)
-
-
-def _merge_heads_grad(dy, heads):
-    """The VJP of `_merge_heads` (its inverse): (N, T, W) -> (N, H, T, Dh)."""
-    n, t, w = dy.shape
-    return dy.reshape(n, t, heads, w // heads).transpose(0, 2, 1, 3)  # (N, H, T, Dh)
-
-
-# -- forward, shared by apply (either path) and the explicit engine ---------------------------
-def _block(config, p, h, run):
-    """One pre-LN block on the residual stream h (N, T, W); ``run(tag, op, *arrays, **static)``
-    calls one op (tags name its residuals in the explicit engine's tape)."""
-    eps = config.eps
-    a = run("ln1", layer_norm, h, p["ln1_gamma"], p["ln1_beta"], eps=eps)  # (N, T, W)
-    qkv = run("qkv", linear, a, p["qkv_w"], p["qkv_b"])  # (N, T, 3W)
-    q, k, v = _split_qkv(qkv, config.heads)  # 3 × (N, H, T, Dh)
-    o = run("attn", attention, q, k, v, causal=True)  # (N, H, T, Dh)
-    h = h + run("proj", linear, _merge_heads(o), p["proj_w"], p["proj_b"])  # (N, T, W)
-    m = run("ln2", layer_norm, h, p["ln2_gamma"], p["ln2_beta"], eps=eps)  # (N, T, W)
-    m = run("fc", linear, m, p["fc_w"], p["fc_b"])  # (N, T, 4W)
-    m = run("gelu", gelu, m, approximate=True)  # (N, T, 4W)
-    return h + run("out", linear, m, p["out_w"], p["out_b"])  # (N, T, W)
-
-
-def _forward(config, params, ids, run):
-    """ids (N, T) int -> logits (N, T, V), every op through ``run``."""
-    t = ids.shape[1]
-    tok = run("tok", embedding, ids, params["tok"])  # (N, T, W)
-    pos = run("pos", embedding, jnp.arange(t), params["pos"])  # (T, W)
-    h = tok + pos.reshape(1, *pos.shape)  # (N, T, W): positions broadcast over the batch
-    for i, p in enumerate(params["blocks"]):
-        h = _block(config, p, h, lambda tag, *a, i=i, **s: run(f"{i}.{tag}", *a, **s))
-    hf = run("ln_f", layer_norm, h, params["ln_f_gamma"], params["ln_f_beta"], eps=config.eps)
-    return run("head", unembed, hf, params["tok"])  # (N, T, V): tied to the token table
-
-
-# -- the explicit reverse pass ---------------------------------------------------------------
-def _block_backward(config, tape, i, dh):
-    """dL/d(block output) (N, T, W) -> (block param grads, dL/d(block input)).
-
-    Each residual add ``h_out = h_in + f(h_in)`` passes dh_out unchanged to ``h_in`` *and*
-    into ``f``; ``f``'s gradient with respect to ``h_in`` is then added to it. The weights
-    needed for the input gradients come from the tape (each linear keeps its W).
-    """
-    eps = config.eps
-    res = lambda tag: tape[f"{i}.{tag}"]
-    g = {}
-    # h2 = h1 + out(gelu(fc(ln2(h1))))
-    dm, g["out_w"], g["out_b"] = linear.bwd(res("out"), dh)  # (N, T, 4W)
-    (dm,) = gelu.bwd(res("gelu"), dm, approximate=True)  # (N, T, 4W)
-    dm, g["fc_w"], g["fc_b"] = linear.bwd(res("fc"), dm)  # (N, T, W)
-    dln, g["ln2_gamma"], g["ln2_beta"] = layer_norm.bwd(res("ln2"), dm, eps=eps)
-    dh = dh + dln  # (N, T, W): identity branch + MLP branch
-    # h1 = h0 + proj(merge(attention(split(qkv(ln1(h0))))))
-    do, g["proj_w"], g["proj_b"] = linear.bwd(res("proj"), dh)  # (N, T, W)
-    do = _merge_heads_grad(do, config.heads)  # (N, H, T, Dh)
-    dq, dk, dv = attention.bwd(res("attn"), do, causal=True)  # 3 × (N, H, T, Dh)
-    dqkv = _split_qkv_grad(dq, dk, dv)  # (N, T, 3W)
-    da, g["qkv_w"], g["qkv_b"] = linear.bwd(res("qkv"), dqkv)  # (N, T, W)
-    dln, g["ln1_gamma"], g["ln1_beta"] = layer_norm.bwd(res("ln1"), da, eps=eps)
-    dh = dh + dln  # (N, T, W): identity branch + attention branch
-    return {name: g[name] for name in BLOCK_PARAMS}, dh
-
-
-def _backward(config, params, tape, dlogits):
-    """dL/dlogits (N, T, V) -> (grads with the structure of params, None: ids get none)."""
-    dhf, dtok_head = unembed.bwd(tape["head"], dlogits)  # (N, T, W), (V, W)
-    dh, dgamma, dbeta = layer_norm.bwd(tape["ln_f"], dhf, eps=config.eps)  # (N, T, W)
-    blocks = [None] * config.layers
-    for i in reversed(range(len(params["blocks"]))):
-        blocks[i], dh = _block_backward(config, tape, i, dh)
-    # h0 = tok + pos (broadcast over the batch): both get dh; the broadcast becomes a sum
-    _, dtok_emb = embedding.bwd(tape["tok"], dh)  # (V, W)
-    _, dpos = embedding.bwd(tape["pos"], jnp.sum(dh, axis=0))  # (context, W)
-    grads = {
-        "tok": dtok_head + dtok_emb,  # the tied table is used twice: its gradients add up
-        "pos": dpos,
-        "blocks": tuple(blocks),
-        "ln_f_gamma": dgamma,
-        "ln_f_beta": dbeta,
-    }
-    return grads, None
-
-
-# -- the layer ---------------------------------------------------------------------------------
-def _check_ids(config, ids):
-    if not hasattr(ids, "shape") or not hasattr(ids, "dtype"):
-        raise TypeError(f"gpt: ids must be an integer array (N, T), got {type(ids).__name__}")
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise TypeError(f"gpt: ids must be integer token ids, got dtype {ids.dtype}")
-    if ids.ndim != 2:
-        raise ValueError(f"gpt: ids must have shape (N, T), got {tuple(ids.shape)}")
-    if not 1 <= ids.shape[1] <= config.context:
-        raise ValueError(
-            f"gpt: sequence length T={ids.shape[1]} must be between 1 and the context "
-            f"{config.context} (ids {tuple(ids.shape)})"
-        )
-
-
-def _init_params(config, key, dtype):
-    std = 0.02
-    proj_std = std / math.sqrt(2 * config.layers)  # residual-stream writers (GPT-2)
-    w, hid = config.width, config.hidden
-    k_tok, k_pos, *k_blocks = jax.random.split(key, 2 + config.layers)
-    normal = lambda k, shape, s: s * jax.random.normal(k, shape, dtype)
-    ones, zeros = (lambda n: jnp.ones((n,), dtype)), (lambda n: jnp.zeros((n,), dtype))
-    blocks = []
-    for kb in k_blocks:
-        k1, k2, k3, k4 = jax.random.split(kb, 4)
-        blocks.append({
-            "ln1_gamma": ones(w), "ln1_beta": zeros(w),
-            "qkv_w": normal(k1, (w, 3 * w), std), "qkv_b": zeros(3 * w),
-            "proj_w": normal(k2, (w, w), proj_std), "proj_b": zeros(w),
-            "ln2_gamma": ones(w), "ln2_beta": zeros(w),
-            "fc_w": normal(k3, (w, hid), std), "fc_b": zeros(hid),
-            "out_w": normal(k4, (hid, w), proj_std), "out_b": zeros(w),
-        })  # fmt: skip
-    return {
-        "tok": normal(k_tok, (config.vocab, w), std),
-        "pos": normal(k_pos, (config.context, w), std),
-        "blocks": tuple(blocks),
-        "ln_f_gamma": ones(w),
-        "ln_f_beta": zeros(w),
-    }
+def block(config: GPTConfig) -> Layer:
+    """One pre-LN block, (N, T, W) -> (N, T, W): ``serial(attn=residual(...),
+    mlp=residual(...))``."""
+    w, eps = config.width, config.eps
+    weights = initializers.normal(0.02)
+    writers = initializers.normal(0.02 / math.sqrt(2 * config.layers))  # into the stream
+    attn = serial(
+        ln=LayerNorm(eps),
+        qkv=Dense(3 * w, init=weights),  # (N, T, 3W): columns [q | k | v]
+        heads=SplitHeads(config.heads, 3),  # 3 × (N, H, T, Dh)
+        attention=Attention(causal=True),  # (N, H, T, Dh)
+        merge=MergeHeads(),  # (N, T, W)
+        proj=Dense(w, init=writers),
+        name="attn",
+    )
+    mlp = serial(
+        ln=LayerNorm(eps),
+        fc=Dense(config.hidden, init=weights),  # (N, T, 4W)
+        gelu=Gelu(approximate=True),
+        proj=Dense(w, init=writers),
+        name="mlp",
+    )
+    return serial(attn=residual(attn), mlp=residual(mlp), name="block")
 
 
 def gpt(config: GPTConfig) -> Layer:
@@ -259,35 +153,120 @@ def gpt(config: GPTConfig) -> Layer:
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"gpt: config must be a GPTConfig, got {type(config).__name__}")
-
-    def init(key, input_shape, dtype):
-        if len(input_shape) != 1 or not 1 <= input_shape[0] <= config.context:
-            raise ValueError(
-                f"gpt: input shape must be (T,) with 1 <= T <= context {config.context}, "
-                f"got {tuple(input_shape)}"
-            )
-        return (input_shape[0], config.vocab), _init_params(config, key, dtype), {}
-
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        check_gradients(gradients)
-        _check_ids(config, x)
-        run = lambda tag, op, *arrays, **static: op.path(gradients)(*arrays, **static)
-        return _forward(config, params, x, run), state
-
-    def forward(params, state, x, *, key=None, train=False):
-        _check_ids(config, x)
-        tape = {}
-
-        def run(tag, op, *arrays, **static):
-            if op.validate is not None:
-                op.validate(*arrays, **static)
-            out, tape[tag] = op.fwd(*arrays, **static)
-            return out
-
-        return _forward(config, params, x, run), state, tape
-
-    def backward(params, tape, dy):
-        return _backward(config, params, tape, dy)
-
+    blocks = serial(*(block(config) for _ in range(config.layers)), name="blocks")
+    if config.remat:
+        blocks = remat_segments(blocks, config.remat, config.remat_policy)
     name = f"gpt-L{config.layers}-W{config.width}-H{config.heads}"
-    return Layer(name, init, apply, forward, backward)
+    body = serial(
+        tok=Embedding(config.vocab, config.width),  # (N, T, W)
+        pos=PositionEmbedding(config.context, config.width),  # + P[0..T)
+        blocks=blocks,
+        ln_f=LayerNorm(config.eps),
+        head=Unembed(config.vocab, config.width),  # (N, T, V)
+        name=name,
+    )
+    return tie(body, shared=("head", "table"), to=("tok", "table"), name=name)
+
+
+# -- Hugging Face GPT-2 names ------------------------------------------------------------
+_LN = (("weight", "gamma"), ("bias", "beta"))
+_DENSE = (("weight", "w"), ("bias", "b"))
+_BLOCK = (  # (HF module, funcbp path inside the block, parameter names)
+    ("ln_1", ("attn", "ln"), _LN),
+    ("attn.c_attn", ("attn", "qkv"), _DENSE),
+    ("attn.c_proj", ("attn", "proj"), _DENSE),
+    ("ln_2", ("mlp", "ln"), _LN),
+    ("mlp.c_fc", ("mlp", "fc"), _DENSE),
+    ("mlp.c_proj", ("mlp", "proj"), _DENSE),
+)
+_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def _entries(config: GPTConfig):
+    """``(hf_name, path into params, shape)`` for every parameter of ``config``'s GPT."""
+    w, v, hid = config.width, config.vocab, config.hidden
+    shapes = {
+        ("attn", "ln"): ((w,), (w,)),
+        ("attn", "qkv"): ((w, 3 * w), (3 * w,)),
+        ("attn", "proj"): ((w, w), (w,)),
+        ("mlp", "ln"): ((w,), (w,)),
+        ("mlp", "fc"): ((w, hid), (hid,)),
+        ("mlp", "proj"): ((hid, w), (w,)),
+    }
+    yield "transformer.wte.weight", ("tok", "table"), (v, w)
+    yield "transformer.wpe.weight", ("pos", "table"), (config.context, w)
+    for i in range(config.layers):
+        for module, path, names in _BLOCK:
+            for (hf, ours), shape in zip(names, shapes[path], strict=True):
+                yield f"transformer.h.{i}.{module}.{hf}", ("blocks", i, *path, ours), shape
+    for hf, ours in _LN:
+        yield f"transformer.ln_f.{hf}", ("ln_f", ours), (w,)
+
+
+def to_hf(config: GPTConfig, params) -> dict[str, np.ndarray]:
+    """funcbp GPT params (or gradients) -> ``{hf_name: np.ndarray}`` (see the module doc)."""
+    out = {}
+    for name, path, shape in _entries(config):
+        value = params
+        for p in path:
+            value = value[p]
+        value = np.asarray(value)
+        if value.shape != shape:
+            raise ValueError(f"to_hf: {list(path)} is {value.shape}, {config} expects {shape}")
+        out[name] = value
+    return out
+
+
+def _normalise(state: dict) -> dict:
+    """Prefix ``transformer.`` where a GPT2Model state omits it; drop the mask buffers."""
+    out = {}
+    for key, value in state.items():
+        if any(key.endswith(b) for b in _BUFFERS):
+            continue
+        if not key.startswith(("transformer.", "lm_head.")):
+            key = f"transformer.{key}"
+        out[key] = value
+    return out
+
+
+def from_hf(config: GPTConfig, state: dict, *, dtype=None):
+    """``{hf_name: array}`` -> funcbp GPT params for ``config`` (arrays as ``dtype``, default
+    their own). Raises ``ValueError`` naming missing, unknown or mis-shaped entries."""
+    import jax.numpy as jnp
+
+    state = _normalise(dict(state))
+    head = state.pop("lm_head.weight", None)
+    entries = list(_entries(config))
+    missing = [name for name, _, _ in entries if name not in state]
+    unknown = sorted(set(state) - {name for name, _, _ in entries})
+    if missing or unknown:
+        raise ValueError(
+            f"from_hf: the state does not fit {config}: missing {missing[:6]}"
+            f"{' …' if len(missing) > 6 else ''}, unknown {unknown[:6]}"
+            f"{' …' if len(unknown) > 6 else ''}"
+        )
+    params = {"tok": {}, "pos": {}, "ln_f": {}, "head": {}}
+    blocks = [{"attn": {}, "mlp": {}} for _ in range(config.layers)]
+    for name, path, shape in entries:
+        value = np.asarray(state[name])
+        if value.shape != shape:
+            raise ValueError(f"from_hf: {name} has shape {value.shape}, expected {shape}")
+        node = blocks[path[1]] if path[0] == "blocks" else params
+        for p in path[2:-1] if path[0] == "blocks" else path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = jnp.asarray(value, dtype)
+    if head is not None and not np.array_equal(np.asarray(head), state["transformer.wte.weight"]):
+        raise ValueError("from_hf: lm_head.weight differs from transformer.wte.weight, but the "
+                         "funcbp GPT ties its head to the token table")  # fmt: skip
+    params["blocks"] = tuple(_with_glue(b) for b in blocks)
+    return params
+
+
+def _with_glue(block: dict) -> dict:
+    """A block's params in the composition's order, with the glue layers' empty entries."""
+    a, m = block["attn"], block["mlp"]
+    return {
+        "attn": {"ln": a["ln"], "qkv": a["qkv"], "heads": {}, "attention": {}, "merge": {},
+                 "proj": a["proj"]},
+        "mlp": {"ln": m["ln"], "fc": m["fc"], "gelu": {}, "proj": m["proj"]},
+    }  # fmt: skip

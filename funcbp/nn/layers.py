@@ -1,9 +1,7 @@
 """Parametrised layers (stax-style): Dense, activations, Flatten.
 
-Initialisation follows "Efficient BackProp" (LeCun et al.) and He et al.: weights are drawn
-with variance ``gain / fan_in`` so that activations keep unit scale through depth — ``gain = 1``
-("lecun") for tanh/sigmoid/linear, ``gain = 2`` ("he") for ReLU-like units, which zero half
-their inputs. Biases start at zero. Every init takes an explicit PRNG key and dtype.
+Weights come from initialiser callables (`funcbp.nn.init`): He for ReLU-like units, LeCun for
+tanh/sigmoid/linear ones; biases start at zero. Every init takes an explicit PRNG key and dtype.
 """
 
 from __future__ import annotations
@@ -11,10 +9,10 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 
 from funcbp import ops
-from funcbp.nn.core import Layer, op_layer
+from funcbp.nn import init as initializers
+from funcbp.nn.core import Layer, leaf, op_layer
 
 __all__ = [
     "Dense",
@@ -24,41 +22,28 @@ __all__ = [
     "Relu",
     "Sigmoid",
     "Tanh",
-    "INITS",
-    "variance_scaling",
 ]
 
-INITS = {"lecun": 1.0, "he": 2.0}
 
-
-def variance_scaling(key, shape, dtype, init: str = "he"):
-    """Normal weights with variance ``INITS[init] / fan_in`` (fan_in = product of all but the
-    last dim, so it serves dense (I, O) and conv (KH, KW, C, O) kernels alike)."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {sorted(INITS)}, got {init!r}")
-    fan_in = math.prod(shape[:-1])
-    std = math.sqrt(INITS[init] / fan_in)
-    return std * jax.random.normal(key, shape, dtype)
-
-
-def Dense(out: int, *, init: str = "he") -> Layer:
+def Dense(
+    out: int, *, init: initializers.Initializer | None = None, bias_init=initializers.zeros
+) -> Layer:
     """Fully connected layer ``y = x W + b`` on the last axis: (..., I) -> (..., out).
 
-    Params ``{"w": (I, out), "b": (out,)}``; backward by `funcbp.ops.linear`.
+    Params ``{"w": (I, out), "b": (out,)}``; ``init`` draws ``w`` (default
+    ``nn.init.he_normal()``), ``bias_init`` draws ``b`` (zeros); backward by
+    `funcbp.ops.linear`.
     """
-    if not isinstance(out, int) or out < 1:
+    if isinstance(out, bool) or not isinstance(out, int) or out < 1:
         raise ValueError(f"Dense: out must be a positive int, got {out!r}")
-    if init not in INITS:
-        raise ValueError(f"Dense: init must be one of {sorted(INITS)}, got {init!r}")
+    init = initializers.check(init or initializers.he_normal(), "Dense: init")
+    bias_init = initializers.check(bias_init, "Dense: bias_init")
 
     def init_fn(key, input_shape, dtype):
         if len(input_shape) < 1:
             raise ValueError(f"Dense: input must have a feature axis, got shape {input_shape}")
-        n_in = input_shape[-1]
-        params = {
-            "w": variance_scaling(key, (n_in, out), dtype, init),
-            "b": jnp.zeros((out,), dtype),
-        }
+        k_w, k_b = key, jax.random.fold_in(key, 1)
+        params = {"w": init(k_w, (input_shape[-1], out), dtype), "b": bias_init(k_b, (out,), dtype)}
         return (*input_shape[:-1], out), params
 
     return op_layer(f"dense{out}", ops.linear, init_fn, ("w", "b"))
@@ -101,7 +86,7 @@ def Flatten() -> Layer:
     def init(key, input_shape, dtype):
         return (math.prod(input_shape),), {}, {}
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
         return x.reshape(x.shape[0], -1), state
 
     def forward(params, state, x, *, key=None, train=False):
@@ -110,4 +95,4 @@ def Flatten() -> Layer:
     def backward(params, shape, dy):
         return {}, dy.reshape(shape)
 
-    return Layer("flatten", init, apply, forward, backward)
+    return leaf("flatten", init, apply, forward, backward)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from funcbp.nn import init as initializers
 from funcbp.nn import layers as L
 from funcbp.nn.combinators import serial
 from funcbp.nn.conv import Conv2D, MaxPool2D
@@ -15,11 +16,11 @@ __all__ = ["mlp", "cnn", "ACTIVATIONS"]
 
 # activation name -> (layer factory, matching weight init)
 ACTIVATIONS = {
-    "relu": (L.Relu, "he"),
-    "leaky_relu": (L.LeakyRelu, "he"),
-    "gelu": (L.Gelu, "he"),
-    "tanh": (L.Tanh, "lecun"),
-    "sigmoid": (L.Sigmoid, "lecun"),
+    "relu": (L.Relu, initializers.he_normal),
+    "leaky_relu": (L.LeakyRelu, initializers.he_normal),
+    "gelu": (L.Gelu, initializers.he_normal),
+    "tanh": (L.Tanh, initializers.lecun_normal),
+    "sigmoid": (L.Sigmoid, initializers.lecun_normal),
 }
 
 
@@ -40,8 +41,8 @@ def mlp(sizes: Sequence[int], *, activation: str = "relu") -> Layer:
     make_act, init = ACTIVATIONS[activation]
     layers = []
     for width in sizes[:-1]:
-        layers += [L.Dense(width, init=init), make_act()]
-    layers.append(L.Dense(sizes[-1], init="lecun"))
+        layers += [L.Dense(width, init=init()), make_act()]
+    layers.append(L.Dense(sizes[-1], init=initializers.lecun_normal()))
     return serial(*layers, name=f"mlp{'-'.join(map(str, sizes))}")
 
 
@@ -65,6 +66,6 @@ def cnn(
         L.Dense(hidden),
         L.Relu(),
         Dropout(dropout),
-        L.Dense(n_classes, init="lecun"),
+        L.Dense(n_classes, init=initializers.lecun_normal()),
         name="cnn",
     )

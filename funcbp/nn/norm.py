@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcbp.nn.core import Layer, check_gradients, op_layer
+from funcbp.nn.core import Layer, leaf, op_layer
 from funcbp.ops.norm import batch_norm, batch_norm_inference, batch_norm_stats, layer_norm
 
 __all__ = ["LayerNorm", "BatchNorm"]
@@ -48,12 +48,11 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             "var": momentum * state["var"] + (1 - momentum) * unbiased,
         }
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        check_gradients(gradients)
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
         if train:
-            y = batch_norm.path(gradients)(x, params["gamma"], params["beta"], eps=eps)
+            y = batch_norm.path(source)(x, params["gamma"], params["beta"], eps=eps)
             return y, _update(state, x)
-        y = batch_norm_inference.path(gradients)(
+        y = batch_norm_inference.path(source)(
             x, state["mean"], state["var"], params["gamma"], params["beta"], eps=eps
         )
         return y, state
@@ -75,4 +74,4 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             dx, _, _, dgamma, dbeta = batch_norm_inference.bwd(res, dy, eps=eps)
         return {"gamma": dgamma, "beta": dbeta}, dx
 
-    return Layer("batch_norm", init, apply, forward, backward)
+    return leaf("batch_norm", init, apply, forward, backward)

@@ -10,7 +10,7 @@ from step t to step t−1 and sums the weight gradients over time — no autodif
 step are kept (the inputs are the layer's own), and the reverse scan re-runs the cell's ``fwd``
 to rebuild that step's residuals (gates, tanh of the cell state) right before its ``bwd``;
 ``apply`` uses the cells' `Op.remat` (``jax.checkpoint`` of the cell on the autodiff path).
-Measured (``python -m funcbp.remat --ops``): see `funcbp.remat`.
+Memory and time: ``python -m benchmarks.remat --ops`` (numbers in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcbp.nn.core import Layer, check_gradients
-from funcbp.nn.layers import variance_scaling
+from funcbp.nn.core import Layer, leaf
+from funcbp.nn.init import lecun_normal
 from funcbp.ops.recurrent import (
     lstm,
     lstm_cell_bwd,
@@ -49,6 +49,47 @@ def _seed(dy, shape_tm, return_sequences):
     return jnp.zeros(shape_tm, dy.dtype).at[-1].set(dy)
 
 
+def _rnn_forward(params, x, hidden, remat):
+    """A scan of the cell's ``fwd`` over (N, T, D): ``(hs (T, N, H), h_T, (residuals, shape))``
+    — each step's input, state and output (only input and state with ``remat``); the weights
+    are kept once, not T times."""
+    wx, wh, b = params["wx"], params["wh"], params["b"]
+    xs = jnp.swapaxes(x, 0, 1)  # (T, N, D)
+
+    def step(h, x_t):
+        h_new, (x_r, h_r, _, _, hn_r) = rnn_cell_fwd(x_t, h, wx, wh, b)
+        return h_new, (h_new, (x_r, h_r) if remat else (x_r, h_r, hn_r))
+
+    h_last, (hs, res) = jax.lax.scan(step, jnp.zeros((x.shape[0], hidden), x.dtype), xs)
+    return hs, h_last, (res, hs.shape)
+
+
+def _rnn_backward(params, residuals, dy, remat, return_sequences):
+    """BPTT: a reverse scan of the cell's ``bwd`` carrying dL/dh_t to step t−1 and summing the
+    weight gradients over time; with ``remat`` each step's residuals are rebuilt first."""
+    res, shape_tm = residuals
+    wx, wh, b = params["wx"], params["wh"], params["b"]
+
+    def step(carry, inputs):
+        dh_next, dwx, dwh, db = carry
+        r, dh_out = inputs
+        if remat:  # rebuild this step's residuals once its incoming gradient exists
+            (x_t, h_t), dh_out = jax.lax.optimization_barrier((r, dh_out))
+            _, full = rnn_cell_fwd(x_t, h_t, wx, wh, b)
+        else:
+            x_t, h_t, hn_t = r
+            full = (x_t, h_t, wx, wh, hn_t)
+        dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd(full, dh_out + dh_next)
+        return (dh, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
+
+    zeros = (jnp.zeros(shape_tm[1:], dy.dtype), jnp.zeros_like(wx), jnp.zeros_like(wh),
+             jnp.zeros_like(b))  # fmt: skip
+    (_, dwx, dwh, db), dxs = jax.lax.scan(
+        step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
+    )
+    return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
+
+
 def RNN(hidden: int, *, return_sequences: bool = True, remat: bool = False) -> Layer:
     """Elman RNN, h_t = tanh(x_t Wx + h_{t−1} Wh + b), h_0 = 0: (N, T, D) -> (N, T, H)
     (or (N, H), the last state, with ``return_sequences=False``).
@@ -58,62 +99,71 @@ def RNN(hidden: int, *, return_sequences: bool = True, remat: bool = False) -> L
         _check_input("RNN", input_shape)
         k1, k2 = jax.random.split(key)
         params = {
-            "wx": variance_scaling(k1, (input_shape[-1], hidden), dtype, "lecun"),
-            "wh": variance_scaling(k2, (hidden, hidden), dtype, "lecun"),
+            "wx": lecun_normal()(k1, (input_shape[-1], hidden), dtype),
+            "wh": lecun_normal()(k2, (hidden, hidden), dtype),
             "b": jnp.zeros((hidden,), dtype),
         }
         out = (input_shape[0], hidden) if return_sequences else (hidden,)
         return out, params, {}
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        check_gradients(gradients)
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
         xs = jnp.swapaxes(x, 0, 1)  # (T, N, D)
         h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
         hs, h_last = rnn(
-            xs, h0, params["wx"], params["wh"], params["b"], gradients=gradients, remat=remat
+            xs, h0, params["wx"], params["wh"], params["b"], source=source, remat=remat
         )
         return _outputs(hs, h_last, return_sequences), state
 
     def forward(params, state, x, *, key=None, train=False):
-        wx, wh, b = params["wx"], params["wh"], params["b"]
-        xs = jnp.swapaxes(x, 0, 1)  # (T, N, D)
-
-        def step(h, x_t):
-            h_new, (x_r, h_r, _, _, hn_r) = rnn_cell_fwd(x_t, h, wx, wh, b)
-            # weights are not stacked per step; with remat h_new is rebuilt on the way back
-            return h_new, (h_new, (x_r, h_r) if remat else (x_r, h_r, hn_r))
-
-        h_last, (hs, res) = jax.lax.scan(step, jnp.zeros((x.shape[0], hidden), x.dtype), xs)
-        return _outputs(hs, h_last, return_sequences), state, (res, hs.shape)
+        hs, h_last, residuals = _rnn_forward(params, x, hidden, remat)
+        return _outputs(hs, h_last, return_sequences), state, residuals
 
     def backward(params, residuals, dy):
-        res, shape_tm = residuals
-        wx, wh, b = params["wx"], params["wh"], params["b"]
+        return _rnn_backward(params, residuals, dy, remat, return_sequences)
 
-        def step(carry, inputs):
-            dh_next, dwx, dwh, db = carry
-            r, dh_out = inputs
-            if remat:  # rebuild this step's residuals once its incoming gradient exists
-                (x_t, h_t), dh_out = jax.lax.optimization_barrier((r, dh_out))
-                _, full = rnn_cell_fwd(x_t, h_t, wx, wh, b)
-            else:
-                x_t, h_t, hn_t = r
-                full = (x_t, h_t, wx, wh, hn_t)
-            dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd(full, dh_out + dh_next)
-            return (dh, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
+    return leaf(f"rnn{hidden}" + ("_remat" if remat else ""), init, apply, forward, backward)
 
-        zeros = (
-            jnp.zeros(shape_tm[1:], dy.dtype),
-            jnp.zeros_like(wx),
-            jnp.zeros_like(wh),
-            jnp.zeros_like(params["b"]),
-        )
-        (_, dwx, dwh, db), dxs = jax.lax.scan(
-            step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
-        )
-        return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
 
-    return Layer(f"rnn{hidden}" + ("_remat" if remat else ""), init, apply, forward, backward)
+def _lstm_forward(params, x, hidden, remat):
+    """A scan of the cell's ``fwd``: ``(hs, h_T, (residuals, shape))``; each step keeps its
+    residuals but the weights (kept once), or only what enters it with ``remat``."""
+    wx, wh, b = params["wx"], params["wh"], params["b"]
+    xs = jnp.swapaxes(x, 0, 1)
+
+    def step(carry, x_t):
+        h, c = carry
+        (h_new, c_new), res = lstm_cell_fwd(x_t, h, c, wx, wh, b)
+        per_step = res[:3] if remat else res[:3] + res[5:]  # never wx, wh (res[3], res[4])
+        return (h_new, c_new), (h_new, per_step)
+
+    h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
+    (h_last, _), (hs, res) = jax.lax.scan(step, (h0, h0), xs)
+    return hs, h_last, (res, hs.shape)
+
+
+def _lstm_backward(params, residuals, dy, remat, return_sequences):
+    """BPTT: a reverse scan of the cell's ``bwd`` carrying (dL/dh, dL/dc) to step t−1 and
+    summing the weight gradients; with ``remat`` each step's gates are rebuilt first."""
+    res, shape_tm = residuals
+    wx, wh, b = params["wx"], params["wh"], params["b"]
+
+    def step(carry, inputs):
+        dh_next, dc_next, dwx, dwh, db = carry
+        r, dh_out = inputs
+        if remat:  # rebuild this step's residuals once its incoming gradient exists
+            (x_t, h_t, c_t), dh_out = jax.lax.optimization_barrier((r, dh_out))
+            _, full = lstm_cell_fwd(x_t, h_t, c_t, wx, wh, b)
+        else:
+            full = r[:3] + (wx, wh) + r[3:]
+        dx, dh, dc, dwx_t, dwh_t, db_t = lstm_cell_bwd(full, (dh_out + dh_next, dc_next))
+        return (dh, dc, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
+
+    z = jnp.zeros(shape_tm[1:], dy.dtype)
+    zeros = (z, z, jnp.zeros_like(wx), jnp.zeros_like(wh), jnp.zeros_like(b))
+    (_, _, dwx, dwh, db), dxs = jax.lax.scan(
+        step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
+    )
+    return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
 
 
 def LSTM(
@@ -128,58 +178,26 @@ def LSTM(
         k1, k2 = jax.random.split(key)
         b = jnp.zeros((4 * hidden,), dtype).at[hidden : 2 * hidden].set(forget_bias)
         params = {
-            "wx": variance_scaling(k1, (input_shape[-1], 4 * hidden), dtype, "lecun"),
-            "wh": variance_scaling(k2, (hidden, 4 * hidden), dtype, "lecun"),
+            "wx": lecun_normal()(k1, (input_shape[-1], 4 * hidden), dtype),
+            "wh": lecun_normal()(k2, (hidden, 4 * hidden), dtype),
             "b": b,
         }
         out = (input_shape[0], hidden) if return_sequences else (hidden,)
         return out, params, {}
 
-    def apply(params, state, x, *, key=None, train=False, gradients="hand"):
-        check_gradients(gradients)
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
         xs = jnp.swapaxes(x, 0, 1)
         h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
         hs, (h_last, _) = lstm(
-            xs, h0, h0, params["wx"], params["wh"], params["b"], gradients=gradients, remat=remat
+            xs, h0, h0, params["wx"], params["wh"], params["b"], source=source, remat=remat
         )
         return _outputs(hs, h_last, return_sequences), state
 
     def forward(params, state, x, *, key=None, train=False):
-        wx, wh, b = params["wx"], params["wh"], params["b"]
-        xs = jnp.swapaxes(x, 0, 1)
-
-        def step(carry, x_t):
-            h, c = carry
-            (h_new, c_new), res = lstm_cell_fwd(x_t, h, c, wx, wh, b)
-            per_step = res[:3] + res[5:]  # drop wx, wh (res[3], res[4]): saved once, not T times
-            if remat:  # only what enters the step; the gates are rebuilt on the way back
-                per_step = res[:3]
-            return (h_new, c_new), (h_new, per_step)
-
-        h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
-        (h_last, _), (hs, res) = jax.lax.scan(step, (h0, h0), xs)
-        return _outputs(hs, h_last, return_sequences), state, (res, hs.shape)
+        hs, h_last, residuals = _lstm_forward(params, x, hidden, remat)
+        return _outputs(hs, h_last, return_sequences), state, residuals
 
     def backward(params, residuals, dy):
-        res, shape_tm = residuals
-        wx, wh, b = params["wx"], params["wh"], params["b"]
+        return _lstm_backward(params, residuals, dy, remat, return_sequences)
 
-        def step(carry, inputs):
-            dh_next, dc_next, dwx, dwh, db = carry
-            r, dh_out = inputs
-            if remat:  # rebuild this step's residuals once its incoming gradient exists
-                (x_t, h_t, c_t), dh_out = jax.lax.optimization_barrier((r, dh_out))
-                _, full = lstm_cell_fwd(x_t, h_t, c_t, wx, wh, b)
-            else:
-                full = r[:3] + (wx, wh) + r[3:]
-            dx, dh, dc, dwx_t, dwh_t, db_t = lstm_cell_bwd(full, (dh_out + dh_next, dc_next))
-            return (dh, dc, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
-
-        z = jnp.zeros(shape_tm[1:], dy.dtype)
-        zeros = (z, z, jnp.zeros_like(wx), jnp.zeros_like(wh), jnp.zeros_like(params["b"]))
-        (_, _, dwx, dwh, db), dxs = jax.lax.scan(
-            step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
-        )
-        return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
-
-    return Layer(f"lstm{hidden}" + ("_remat" if remat else ""), init, apply, forward, backward)
+    return leaf(f"lstm{hidden}" + ("_remat" if remat else ""), init, apply, forward, backward)

@@ -125,17 +125,21 @@ class Op:
         arrays, static = self._checked(args, kwargs)
         return self.reference(*arrays, **dict(static))
 
-    def path(self, gradients: str, *, remat: bool = False) -> Callable[..., Any]:
-        """``"hand"`` or ``"autodiff"`` -> the matching callable.
+    def path(self, source: str, *, remat: bool = False) -> Callable[..., Any]:
+        """The op for one gradient source: ``"hand"`` (the custom VJP), ``"autodiff"`` (the
+        validated reference, differentiated by `jax.grad` itself) or ``"explicit"`` (``fwd``
+        with its residuals dropped: the explicit engine's forward value).
 
         ``remat=True``: the same, recomputing instead of saving — `remat` on the hand path,
         ``jax.checkpoint`` of the reference on the autodiff path."""
-        if gradients not in ("hand", "autodiff"):
+        if source not in ("hand", "autodiff", "explicit"):
             raise ValueError(
-                f"{self.name}: gradients must be 'hand' or 'autodiff', got {gradients!r}"
+                f"{self.name}: source must be 'hand', 'autodiff' or 'explicit', got {source!r}"
             )
-        if gradients == "hand":
+        if source == "hand":
             return self.remat.hand if remat else self.hand
+        if source == "explicit":
+            return self.explicit
         if not remat:
             return self.autodiff
 
@@ -145,6 +149,12 @@ class Op:
 
         return autodiff_remat
 
+    def explicit(self, *args, **kwargs):
+        """The validated ``fwd`` with its residuals dropped (no custom rule: what the explicit
+        engine computes going forward)."""
+        arrays, static = self._checked(args, kwargs)
+        return self.fwd(*arrays, **dict(static))[0]
+
     @functools.cached_property
     def remat(self) -> Op:
         """This op with *recompute* instead of *save*: ``op.remat(...)`` has the same forward
@@ -152,13 +162,13 @@ class Op:
         re-runs ``fwd`` on them to rebuild the residuals just before ``bwd``.
 
         The per-op form of `jax.checkpoint`, for the hand path and the explicit engine alike
-        (``nn.op_layer(..., remat=True)``; whole segments of a model: `funcbp.remat`). It pays
+        (``nn.op_layer(..., remat=True)``; whole layers or segments of a model: `funcbp.nn.remat`). It pays
         where an op's residuals outweigh its inputs (the recurrent scans keep every step's
         gates; attention keeps its output besides q, k, v), or where its inputs are kept anyway
         by a neighbour; it costs one more forward of the op. An optimization barrier ties the
         recomputation to the incoming cotangent, so XLA cannot merge it with the forward
         (which would keep the residuals alive after all). Memory and time per op:
-        ``python -m funcbp.remat --ops``.
+        ``python -m benchmarks.remat --ops``.
         """
         fwd, bwd = self.fwd, self.bwd
 

@@ -12,28 +12,10 @@ one of two formulations of the same maps, chosen per call by a static size rule 
   Three GEMMs; the backward's P is the forward's (XLA merges the two in a jitted step).
 * **lax**: `lax.conv_general_dilated` for Y, dX (transposed conv) and dW (correlation).
 
-The rule, measured on this project's 2-core AMD EPYC (AVX2), jax 0.10.2 (XLA CPU runs both
-convolutions and GEMMs through its YNNPACK fusions), float32, quiet machine (load < 1.3 besides
-the run), ``benchmarks/conv_study.py`` and scratch sweeps of the same kind; ratios are gemm ÷ lax
-time, interleaved, medians:
-
-* whole CNN train step (`funcbp.nn.models.cnn` on 8×8×1, both convs switched; the second conv
-  C→O at batch N, P its im2col size): (32→64, N 128, P 9 MiB) 0.71–0.73; (32→64, N 32) 0.72;
-  (16→64) 0.75; (64→128, N 64, P 9 MiB) 0.73; (32→32) 0.89; (8→16) 0.87; but (16→16) 1.12,
-  (128→128, N 32, P 9 MiB) 1.13, (64→128, N 128, P 18 MiB) 1.18, (32→64, N 512, P 36 MiB)
-  1.03, (128→128, N 128, P 36 MiB) 1.60. Whole steps favour gemm more than one layer timed
-  alone does (the CNN's second conv alone: 0.96–1.0); in the step col2im fuses with the ReLU
-  mask and the lax dW needs transposes of X and dY, but the full cause was not pinned down.
-* one layer's Y + dX + dW timed alone: few input channels gain most (C 1 or 3, 28×28 or 32×32:
-  0.43–0.45; C 4 → 64: 0.77; C 8 → 16: 0.86), 1×1 kernels 0.39–0.59; many taps lose (5×5,
-  C 16 → 64, P 12.5 MiB: 1.57); P > 16 MiB loses (1.18–3.3), also in float64 (the CNN's second
-  conv in float64, P 18 MiB: 1.59).
-* pieces of the CNN's second conv alone: Y 1.10, dX 0.80, dW 0.71 (lax's dW correlation is its
-  slowest kernel, ~110 GFLOP/s); building P costs about as much as one of the three GEMMs
-  (XLA CPU's concatenate: ~1 ms for 9 MiB).
-
-On a loaded machine (other processes on the cores) all ratios drift towards 1 and the lax
-path, with fewer kernels to synchronise, can win: compare inside one interleaved run.
+The rule (`use_gemm`) comes from measurements on a 2-core CPU with jax 0.10.2
+(``benchmarks/conv_study.py``; the numbers and their reading are in benchmarks/RESULTS.md,
+"conv2d: the gemm/lax size rule"): gemm pays for few input channels, 1×1 kernels and whole
+train steps with a moderate im2col matrix P, and loses for many taps or P > 16 MiB.
 
 ``stride``: an int or a pair ``(SH, SW)``, each >= 1.
 ``padding``: ``"SAME"`` (output ``ceil(H / SH)``, the extra row/col of an odd total padding goes

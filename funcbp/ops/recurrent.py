@@ -270,30 +270,31 @@ lstm_cell = register(
 
 
 # -- sequences -----------------------------------------------------------------------------
-def _check_sequence(name, xs, gradients):
-    if gradients not in ("hand", "autodiff"):
-        raise ValueError(f"{name}: gradients must be 'hand' or 'autodiff', got {gradients!r}")
+def _check_sequence(name, xs, source):
+    if source not in ("hand", "autodiff", "explicit"):
+        raise ValueError(f"{name}: source must be 'hand', 'autodiff' or 'explicit', got {source!r}")
     require_float(name, "xs", xs)
     require_ndim(name, "xs", xs, (2, None), "(T, ..., D), time-major")
 
 
-def rnn(xs, h0, wx, wh, b, *, gradients="hand", remat=False):
+def rnn(xs, h0, wx, wh, b, *, source="hand", remat=False):
     """Run `rnn_cell` over a time-major sequence with `lax.scan`.
 
     Args:
       xs: (T, *B, D) inputs, TIME-MAJOR (step t is ``xs[t]``).
       h0: (*B, H) initial hidden state.
       wx (D, H), wh (H, H), b (H,): the cell's weights, shared by every step.
-      gradients: ``"hand"`` (the cell's custom VJP: the scan's transpose calls `rnn_cell_bwd`
-        each step) or ``"autodiff"`` (the cell's reference, differentiated by JAX).
+      source: ``"hand"`` (the cell's custom VJP: the scan's transpose calls `rnn_cell_bwd`
+        each step), ``"autodiff"`` (the cell's reference, differentiated by JAX) or
+        ``"explicit"`` (the cell's ``fwd``, residuals dropped).
       remat: keep only each step's inputs and recompute the cell's residuals on the backward
         pass (`Op.remat`; ``jax.checkpoint`` of the cell on the autodiff path).
 
     Returns:
       ``(hs, h_T)``: every hidden state h_1..h_T, (T, *B, H), and the final one, (*B, H).
     """
-    _check_sequence("rnn", xs, gradients)
-    cell = rnn_cell.path(gradients, remat=remat)
+    _check_sequence("rnn", xs, source)
+    cell = rnn_cell.path(source, remat=remat)
 
     def step(h, x):
         h_new = cell(x, h, wx, wh, b)
@@ -303,23 +304,24 @@ def rnn(xs, h0, wx, wh, b, *, gradients="hand", remat=False):
     return hs, h_last
 
 
-def lstm(xs, h0, c0, wx, wh, b, *, gradients="hand", remat=False):
+def lstm(xs, h0, c0, wx, wh, b, *, source="hand", remat=False):
     """Run `lstm_cell` over a time-major sequence with `lax.scan`.
 
     Args:
       xs: (T, *B, D) inputs, TIME-MAJOR (step t is ``xs[t]``).
       h0, c0: (*B, H) initial hidden and cell states.
       wx (D, 4H), wh (H, 4H), b (4H,): the cell's weights, gates in the order i, f, o, g.
-      gradients: ``"hand"`` (the cell's custom VJP: the scan's transpose calls `lstm_cell_bwd`
-        each step) or ``"autodiff"`` (the cell's reference, differentiated by JAX).
+      source: ``"hand"`` (the cell's custom VJP: the scan's transpose calls `lstm_cell_bwd`
+        each step), ``"autodiff"`` (the cell's reference, differentiated by JAX) or
+        ``"explicit"`` (the cell's ``fwd``, residuals dropped).
       remat: keep only each step's inputs and recompute the cell's residuals (gates, tanh of
         the cell state) on the backward pass, as for `rnn`.
 
     Returns:
       ``(hs, (h_T, c_T))``: every hidden state h_1..h_T, (T, *B, H), and the final carry.
     """
-    _check_sequence("lstm", xs, gradients)
-    cell = lstm_cell.path(gradients, remat=remat)
+    _check_sequence("lstm", xs, source)
+    cell = lstm_cell.path(source, remat=remat)
 
     def step(carry, x):
         h, c = carry

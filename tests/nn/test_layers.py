@@ -19,7 +19,7 @@ def test_dense_shapes_and_he_scaling():
     out, p, s = _init(nn.Dense(512), (256,), jnp.float32)
     assert out == (512,) and p["w"].shape == (256, 512) and p["b"].shape == (512,) and s == {}
     assert float(jnp.std(p["w"])) == pytest.approx(np.sqrt(2 / 256), rel=0.03)
-    _, p, _ = _init(nn.Dense(512, init="lecun"), (256,), jnp.float32)
+    _, p, _ = _init(nn.Dense(512, init=nn.init.lecun_normal()), (256,), jnp.float32)
     assert float(jnp.std(p["w"])) == pytest.approx(np.sqrt(1 / 256), rel=0.03)
     assert p["w"].dtype == jnp.float32
 
@@ -28,7 +28,8 @@ def test_dense_shapes_and_he_scaling():
     "make, match",
     [
         (lambda: nn.Dense(0), "positive int"),
-        (lambda: nn.Dense(3, init="xavier"), "init"),
+        (lambda: nn.Dense(3, init=nn.init.variance_scaling(-1.0)), "gain must be > 0"),
+        (lambda: nn.init.normal(-0.1), "std must be >= 0"),
         (lambda: nn.mlp([]), "non-empty"),
         (lambda: nn.mlp([4, 2], activation="swish"), "activation"),
         (lambda: nn.serial(), "at least one"),
@@ -43,16 +44,20 @@ def test_bad_layer_arguments(make, match):
         make()
 
 
-def test_serial_rejects_non_layers():
-    with pytest.raises(TypeError, match="argument 1 is str, not a Layer"):
+def test_serial_rejects_non_layers_and_mixed_children():
+    with pytest.raises(TypeError, match="child 1 is str, not a Layer"):
         nn.serial(nn.Relu(), "relu")
+    with pytest.raises(ValueError, match="either all positionally or all by name"):
+        nn.serial(nn.Relu(), act=nn.Tanh())
+    with pytest.raises(TypeError, match="must be a callable init"):
+        nn.Dense(3, init="xavier")
 
 
-def test_gradients_switch_is_validated():
+def test_source_switch_is_validated():
     model = nn.mlp([3])
     _, p, s = _init(model, (2,))
-    with pytest.raises(ValueError, match="gradients"):
-        model.apply(p, s, jnp.ones((1, 2)), gradients="numeric")
+    with pytest.raises(ValueError, match="source must be one of"):
+        model.apply(p, s, jnp.ones((1, 2)), source="numeric")
 
 
 def test_flatten_forward_and_backward(key):
@@ -93,7 +98,7 @@ def test_batchnorm_explicit_backward_matches_autodiff(train, key):
     grads, dx = layer.backward(p, res, dy)
 
     def f(p, x):
-        return jnp.vdot(layer.apply(p, s, x, train=train, gradients="autodiff")[0], dy)
+        return jnp.vdot(layer.apply(p, s, x, train=train, source="autodiff")[0], dy)
 
     gp, gx = jax.grad(f, argnums=(0, 1))(p, x)
     assert check.compare((grads, dx), (gp, gx), tol=1e-10).ok
@@ -109,7 +114,7 @@ def test_dropout_layer_modes(key):
     y, _ = layer.apply({}, {}, x, key=key, train=True)
     kept = y != 0
     np.testing.assert_allclose(y[kept], 2 * x[kept])
-    y2, _ = layer.apply({}, {}, x, key=key, train=True, gradients="autodiff")
+    y2, _ = layer.apply({}, {}, x, key=key, train=True, source="autodiff")
     np.testing.assert_array_equal(y, y2)  # same key, same mask on both paths
 
 

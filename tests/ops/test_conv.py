@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from funcbp import check, mutate
+from funcbp import check
+from funcbp.check import mutate
 from funcbp.ops import _sample
 from funcbp.ops import conv as C
 from funcbp.ops._op import Op

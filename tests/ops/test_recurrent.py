@@ -191,7 +191,7 @@ def _sequence_loss(kind, gradients, key, args):
     fn = rnn if kind == "rnn" else lstm
     out = jax.eval_shape(lambda *a: fn(*a), *args)
     cot = check.random_cotangent(key, out)
-    return _pairing(lambda *a: fn(*a, gradients=gradients), cot)
+    return _pairing(lambda *a: fn(*a, source=gradients), cot)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
@@ -235,7 +235,7 @@ def test_sequence_forward_is_the_cell_loop(kind, key):
         np.testing.assert_allclose(hs[t], state[0], rtol=1e-12, atol=1e-12)
     for c, s in zip(jax.tree.leaves(carry), state, strict=True):
         np.testing.assert_allclose(c, s, rtol=1e-12, atol=1e-12)
-    auto = fn(*args, gradients="autodiff")
+    auto = fn(*args, source="autodiff")
     _assert_close(auto, (hs, carry), 1e-15, "autodiff path forward")
 
 
@@ -245,7 +245,7 @@ def test_sequence_without_batch_dims(key):
     args = (xs[:, 0], h0[0], c0[0], wx, wh, b)
     hs, (h_last, _) = lstm(*args)
     assert hs.shape == (4, 2) and h_last.shape == (2,)
-    loss = lambda g: lambda *a: jnp.vdot(lstm(*a, gradients=g)[0], jnp.arange(8.0).reshape(4, 2))
+    loss = lambda g: lambda *a: jnp.vdot(lstm(*a, source=g)[0], jnp.arange(8.0).reshape(4, 2))
     got = jax.grad(loss("hand"), range(6))(*args)
     want = jax.grad(loss("autodiff"), range(6))(*args)
     _assert_close(got, want, 1e-10, "lstm unbatched")
@@ -330,8 +330,8 @@ def test_lstm_cell_bad_input(i, value, match):
 def test_sequence_bad_input():
     xs = jnp.zeros((5, 2, 3))
     x, h, wx, wh, b = _rnn_args()
-    with pytest.raises(ValueError, match="rnn: gradients must be 'hand' or 'autodiff'"):
-        rnn(xs, h, wx, wh, b, gradients="manual")
+    with pytest.raises(ValueError, match="rnn: source must be 'hand', 'autodiff' or 'explicit'"):
+        rnn(xs, h, wx, wh, b, source="manual")
     with pytest.raises(ValueError, match=r"rnn: xs must have at least 2 dims .*\(T, \.\.\., D\)"):
         rnn(jnp.zeros((3,)), h, wx, wh, b)
     with pytest.raises(ValueError, match="rnn_cell: x has 7 features"):
@@ -341,5 +341,5 @@ def test_sequence_bad_input():
         lstm(xs, h, c[:1], wx4, wh4, b4)
     with pytest.raises(TypeError, match="lstm: xs must be a floating-point array"):
         lstm(jnp.zeros((5, 2, 3), jnp.int32), h, c, wx4, wh4, b4)
-    with pytest.raises(ValueError, match="lstm: gradients must be"):
-        lstm(xs, h, c, wx4, wh4, b4, gradients=None)
+    with pytest.raises(ValueError, match="lstm: source must be"):
+        lstm(xs, h, c, wx4, wh4, b4, source=None)

@@ -13,7 +13,9 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
-from funcbp import distributed, fit, nn, train  # noqa: E402
+from funcbp import nn  # noqa: E402
+from funcbp import training as train  # noqa: E402
+from funcbp.training import FitConfig, distributed, fit  # noqa: E402
 from tests.helpers import toy_classification  # noqa: E402
 
 
@@ -33,17 +35,7 @@ def main() -> None:
         "data4_model2": distributed.make_mesh(8, model=2),
     }
     for name, mesh in meshes.items():
-        r = fit.fit(
-            model,
-            data,
-            optimizer=optax.adam(1e-2),
-            epochs=3,
-            batch_size=32,
-            seed=0,
-            dtype=dtype,
-            progress=False,
-            mesh=mesh,
-        )
+        r = fit(model, data, optax.adam(1e-2), FitConfig(3, 32, dtype=dtype), mesh=mesh)
         runs[name] = r
     out = {"devices": len(jax.devices()), "steps": len(runs["single"].history["step_loss"])}
     single_loss = runs["single"].history["step_loss"]
@@ -68,15 +60,7 @@ def main() -> None:
     g2 = grad(ps, xs, ys)
     out["grad_max_abs"] = _max_abs_diff(g1, g2)
     try:
-        fit.fit(
-            model,
-            data,
-            optimizer=optax.sgd(0.1),
-            epochs=1,
-            batch_size=36,
-            progress=False,
-            mesh=meshes["data8"],
-        )
+        fit(model, data, optax.sgd(0.1), FitConfig(1, 36), mesh=meshes["data8"])
         out["indivisible_error"] = None
     except ValueError as e:
         out["indivisible_error"] = str(e)
