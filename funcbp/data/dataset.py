@@ -5,7 +5,8 @@ mean (per pixel and channel for images) and ONE global std, the root mean square
 train values (1 if that is at or below ``1e-6 * max|x_train|``). A per-feature std would blow up
 rare pixels (a digits pixel that is almost always blank has std ~0.03 on a 0-16 scale, so a test
 digit touching it lands at ~500 standard deviations); the global scale gave better test accuracy
-on digits (benchmarks/RESULTS.md, "Standardisation"). The statistics are kept on the `Dataset` (`Dataset.standardize` applies them to new data).
+on digits (benchmarks/RESULTS.md, "Standardisation"). The statistics are kept on the `Dataset`
+(`Dataset.standardize` applies them to new data).
 """
 
 from __future__ import annotations

@@ -162,13 +162,13 @@ class Op:
         re-runs ``fwd`` on them to rebuild the residuals just before ``bwd``.
 
         The per-op form of `jax.checkpoint`, for the hand path and the explicit engine alike
-        (``nn.op_layer(..., remat=True)``; whole layers or segments of a model: `funcbp.nn.remat`). It pays
-        where an op's residuals outweigh its inputs (the recurrent scans keep every step's
-        gates; attention keeps its output besides q, k, v), or where its inputs are kept anyway
-        by a neighbour; it costs one more forward of the op. An optimization barrier ties the
-        recomputation to the incoming cotangent, so XLA cannot merge it with the forward
-        (which would keep the residuals alive after all). Memory and time per op:
-        ``python -m benchmarks.remat --ops``.
+        (``nn.op_layer(..., remat=True)``; whole layers or segments of a model:
+        `funcbp.nn.remat`). It pays where an op's residuals outweigh its inputs (the recurrent
+        scans keep every step's gates; attention keeps its output besides q, k, v), or where
+        its inputs are kept anyway by a neighbour; it costs one more forward of the op. An
+        optimization barrier ties the recomputation to the incoming cotangent, so XLA cannot
+        merge it with the forward (which would keep the residuals alive after all). Memory and
+        time per op: ``python -m benchmarks.remat --ops``.
         """
         fwd, bwd = self.fwd, self.bwd
 
