@@ -185,12 +185,12 @@ def launch_arguments(
             continue
         if name == "coordinator":
             out[keyword] = _as_address(value, source)
-        else:
-            out[keyword] = _as_int(value, source, 1 if name == "num_processes" else 0)
-        if name == "process_id" and out[keyword] >= out.get("num_processes", out[keyword] + 1):
+            continue
+        out[keyword] = _as_int(value, source, 1 if name == "num_processes" else 0)
+        n = out.get("num_processes")
+        if name == "process_id" and n is not None and out[keyword] >= n:
             raise ValueError(
-                f"distributed: {source} must be in [0, {out['num_processes']}) for "
-                f"{out['num_processes']} processes, got {out[keyword]}"
+                f"distributed: {source} must be in [0, {n}) for {n} processes, got {out[keyword]}"
             )
     return out
 
