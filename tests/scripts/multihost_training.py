@@ -27,7 +27,7 @@ jax.config.update("jax_enable_x64", True)
 
 from funcbp import checkpoint, data, distributed, fit, nn  # noqa: E402
 
-EPOCHS, BATCH, SEED = 2, 64, 0
+EPOCHS, BATCH, SEED = 1, 64, 0
 
 
 def train_digits(epochs: int = EPOCHS, **kw) -> fit.FitResult:
