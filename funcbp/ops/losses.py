@@ -120,6 +120,11 @@ def _validate_sce(logits, labels):
     op = "softmax_cross_entropy"
     require_float(op, "logits", logits)
     require_ndim(op, "logits", logits, (1, None), "(..., C)")
+    if logits.size == 0:  # the mean over no positions (or log softmax over no classes) is NaN
+        raise ValueError(
+            f"{op}: logits must not be empty, got shape {tuple(logits.shape)}; need at least "
+            f"one position and one class (an empty batch has no mean loss)"
+        )
     if hasattr(labels, "dtype") and jnp.issubdtype(labels.dtype, jnp.integer):
         if tuple(labels.shape) != tuple(logits.shape[:-1]):
             raise ValueError(

@@ -14,20 +14,29 @@ Multi-host launch (one process per host, same command everywhere)::
     export JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=n JAX_PROCESS_ID=i
     funcbp train --distributed ...
 
-``--distributed`` calls ``jax.distributed.initialize()`` before anything else. Every host loads
-the same dataset and seed (the bundled data and the seeded shuffle make that exact) and
-`shard_batch` hands each device only its slice of the global batch.
+`initialize` runs before anything else: it passes the coordinator, process count and process id
+(arguments, else those variables) to ``jax.distributed.initialize`` explicitly — JAX itself
+reads only the coordinator from the environment — or, when none is given, lets JAX detect the
+cluster (SLURM, Open MPI, Kubernetes, Cloud TPU). Every host loads the same dataset and seed
+(the bundled data and the seeded shuffle make that exact) and `shard_batch` hands each device
+only its slice of the global batch. Every process runs the same code, so files are written by
+one process only (`is_writer`, `save_checkpoint`); checkpoints hold host arrays without any
+sharding, so a run saved on one topology resumes on any other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from funcbp import checkpoint
 
 __all__ = [
     "make_mesh",
@@ -37,6 +46,11 @@ __all__ = [
     "shard_params",
     "shard_batch",
     "check_batch_divisible",
+    "initialize",
+    "launch_arguments",
+    "is_writer",
+    "to_host",
+    "save_checkpoint",
 ]
 
 
@@ -116,3 +130,128 @@ def shard_batch(batch: Any, mesh: Mesh, *, leading: int = 0) -> Any:
         return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
     return jax.tree.map(one, batch)
+
+
+# -- multi-process ----------------------------------------------------------------------------
+# each setting: (keyword of jax.distributed.initialize, CLI option, environment variable)
+_LAUNCH = {
+    "coordinator": ("coordinator_address", "--coordinator", "JAX_COORDINATOR_ADDRESS"),
+    "num_processes": ("num_processes", "--num-processes", "JAX_NUM_PROCESSES"),
+    "process_id": ("process_id", "--process-id", "JAX_PROCESS_ID"),
+}
+
+
+def _as_int(value, source: str, low: int) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"distributed: {source} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _as_address(value, source: str) -> str:
+    host, _, port = str(value).strip().rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(
+            f"distributed: {source} must be HOST:PORT with a port in 1..65535 (e.g. host0:1234), "
+            f"got {value!r}"
+        )
+    return f"{host}:{int(port)}"
+
+
+def launch_arguments(
+    coordinator: str | None = None,
+    num_processes: int | str | None = None,
+    process_id: int | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments `initialize` passes to ``jax.distributed.initialize``.
+
+    Each setting comes from its argument, else from its environment variable
+    (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), else is left out
+    (for JAX's cluster detection). Raises ValueError naming the option or variable at fault:
+    an address that is not HOST:PORT, a count < 1, an id outside [0, num_processes).
+    """
+    environ = os.environ if environ is None else environ
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        keyword, flag, var = _LAUNCH[name]
+        source = flag
+        if value is None and environ.get(var, "").strip():
+            value, source = environ[var], f"{var} (environment)"
+        if value is None:
+            continue
+        if name == "coordinator":
+            out[keyword] = _as_address(value, source)
+            continue
+        out[keyword] = _as_int(value, source, 1 if name == "num_processes" else 0)
+        n = out.get("num_processes")
+        if name == "process_id" and n is not None and out[keyword] >= n:
+            raise ValueError(
+                f"distributed: {source} must be in [0, {n}) for {n} processes, got {out[keyword]}"
+            )
+    return out
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | str | None = None,
+    process_id: int | str | None = None,
+) -> dict[str, Any]:
+    """Join a multi-process run: call once per process, before any other JAX work.
+
+    Settings as `launch_arguments` resolves them (arguments, else ``JAX_*`` environment
+    variables); none at all lets JAX detect the cluster (SLURM, Open MPI, Kubernetes, Cloud
+    TPU). Cross-process collectives of the CPU backend use gloo (unless another implementation
+    was configured): without them a multi-process CPU run cannot reduce its gradients. Returns
+    the keyword arguments passed to ``jax.distributed.initialize``.
+    """
+    kwargs = launch_arguments(coordinator, num_processes, process_id)
+    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # a setting neither given nor detected from a cluster
+        missing = [f"{flag} (or {var})" for kw, flag, var in _LAUNCH.values() if kw not in kwargs]
+        raise ValueError(
+            f"distributed: jax.distributed.initialize failed: {e} Give {', '.join(missing)}; "
+            f"only SLURM, Open MPI, Kubernetes and Cloud TPU launches are detected automatically"
+        ) from e
+    return kwargs
+
+
+def is_writer() -> bool:
+    """True in the one process that writes files (checkpoints, metrics, logs): process 0."""
+    return jax.process_index() == 0
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of ``tree``'s leaves (the global values). A leaf split across processes is
+    gathered, a collective: in a multi-process run every process calls this on the same tree."""
+    from jax.experimental import multihost_utils
+
+    def one(a):
+        if isinstance(a, jax.Array) and not (a.is_fully_addressable or a.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
+    return jax.tree.map(one, tree)
+
+
+def save_checkpoint(path: str | os.PathLike, tree: Any, extra: dict | None = None) -> Path | None:
+    """`funcbp.checkpoint.save` for a run of one or many processes: every process calls it with
+    the same tree; process 0 alone writes (no two writers race on one file of a shared
+    filesystem), and all return once the file is in place. Returns the path (None elsewhere)."""
+    host = to_host(tree)
+    written = None
+    try:
+        if is_writer():
+            written = checkpoint.save(path, host, extra)
+    finally:  # the writer reaches the barrier even if the write fails: nobody waits forever
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"funcbp checkpoint {Path(path).name}")
+    return written

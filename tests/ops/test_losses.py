@@ -250,3 +250,24 @@ def test_mse_bad_dtypes():
         mse(jnp.ones(3), jnp.ones(3, jnp.float32))
     with pytest.raises(TypeError, match=r"mse: pred must be a floating-point array"):
         mse(jnp.ones(3, jnp.int32), jnp.ones(3))
+
+
+# -- every loss: empty input -------------------------------------------------------------------
+_EMPTY = [
+    (mse, (0, 3), (0, 3), jnp.float64),
+    (bce, (0, 3), (0, 3), jnp.float64),
+    (softmax_cross_entropy, (0, 3), (0,), jnp.int32),  # empty batch, integer labels
+    (softmax_cross_entropy, (0, 3), (0, 3), jnp.float64),  # empty batch, soft labels
+    (softmax_cross_entropy, (2, 0, 3), (2, 0), jnp.int32),  # empty (B, T) positions
+    (softmax_cross_entropy, (4, 0), (4,), jnp.int32),  # no classes
+]
+
+
+@pytest.mark.parametrize(("loss", "first", "second", "dtype"), _EMPTY)
+def test_every_loss_rejects_empty_input(loss, first, second, dtype):
+    """A mean over nothing is NaN: every loss raises instead, eagerly and under jit."""
+    a, b = jnp.zeros(first), jnp.zeros(second, dtype)
+    with pytest.raises(ValueError, match=rf"{loss.name}: .*must not be empty.*got shape"):
+        loss(a, b)
+    with pytest.raises(ValueError, match=rf"{loss.name}: .*must not be empty"):
+        jax.jit(loss.autodiff).trace(a, b)
