@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcbp import checkpoint, nn
+from funcbp import nn
+from funcbp.training import checkpoint
 
 
 def make_tree(seed: int = 0) -> dict:

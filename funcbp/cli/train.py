@@ -81,10 +81,17 @@ def _curves(run, metrics, history) -> None:
 
 
 def _start_distributed(given: dict) -> None:
-    if given.get("distributed"):
-        import jax
+    """``--distributed``: join the multi-process run before any other JAX work."""
+    launch = ("coordinator", "num_processes", "process_id")
+    if not given.get("distributed"):
+        for name in launch:
+            if name in given:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} is an option of a --distributed run")
+        return
+    from funcbp.training import distributed
 
-        jax.distributed.initialize()  # reads the coordinator/process env of the launcher
+    distributed.initialize(*(given.get(name) for name in launch))
 
 
 def run_train(args) -> int:
@@ -97,9 +104,9 @@ def run_train(args) -> int:
 
     t0 = time.perf_counter()
     task, given = TASKS[args.task], given_options(args)
-    _start_distributed(given)
-    jax.config.update("jax_enable_x64", True)  # for the float64 gradient check; training is f32
     try:
+        _start_distributed(given)
+        jax.config.update("jax_enable_x64", True)  # the float64 gradient check; training is f32
         run = runs.prepare(task, given, readers=readers())
     except (ValueError, TypeError, OSError) as e:
         return fail(f"funcbp train: {e}")

@@ -41,7 +41,10 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     def check(self, value) -> Any:
-        """``value`` if valid, else a ``ValueError`` naming the flag, the value and the rule."""
+        """``value`` if valid, else a ``ValueError`` naming the flag, the value and the rule.
+        ``None`` is valid for an option whose default is ``None`` (not set)."""
+        if value is None and self.default is None:
+            return None
         values = value if self.nargs else [value]
         if self.nargs and (not isinstance(value, list | tuple) or not value):
             raise ValueError(f"{self.flag} needs at least one value, got {value!r}")
@@ -94,7 +97,12 @@ RUN = (
     Option("devices", int, 0, "shard each batch over N devices (0: all local devices; on CPU "
            "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)", minimum=0),
     Option("model_parallel", int, 1, "devices per model-parallel group", minimum=1),
-    Option("distributed", bool, False, "multi-host: initialise jax.distributed first"),
+    Option("distributed", bool, False, "multi-host: initialise jax.distributed first (the "
+           "coordinator, process count and id from the options below, else JAX_COORDINATOR_"
+           "ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, else SLURM/Open MPI/Kubernetes)"),
+    Option("coordinator", str, None, "with --distributed: HOST:PORT of process 0"),
+    Option("num_processes", int, None, "with --distributed: how many processes", minimum=1),
+    Option("process_id", int, None, "with --distributed: this process's id", minimum=0),
 )  # fmt: skip
 """Options of the run itself (not part of what is trained, not compared on --resume)."""
 

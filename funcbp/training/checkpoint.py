@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcbp._checkpoint_meta import CheckpointError, check_meta, validate_training_extra
+from funcbp.training.checkpoint_meta import CheckpointError, check_meta, validate_training_extra
 
 __all__ = [
     "CheckpointError",

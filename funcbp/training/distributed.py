@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from funcbp import checkpoint
+from funcbp.training import checkpoint
 
 __all__ = [
     "make_mesh",

@@ -190,30 +190,34 @@ class _Loop:
         return len(self.x_train) // self.config.batch_size
 
 
-def _start(ckpt, tree, resume: bool, events: Events):
+def _start(ckpt, tree, resume: bool, events: Events, loop):
     """``(tree, history, start_epoch, resumed_from)``: fresh, or restored from ``ckpt`` when
     resuming (stale temporaries of a killed write are removed first)."""
     if ckpt is None:
         return tree, _empty_history(), 0, None
-    for stale in checkpoint.remove_stale_temporaries(ckpt):
+    for stale in checkpoint.remove_stale_temporaries(ckpt) if distributed.is_writer() else ():
         events.log(f"removed {stale.name}, left by an interrupted checkpoint write")
     if not resume:
         return tree, _empty_history(), 0, None
     existed = ckpt.exists()
-    tree, history, start = _restore(ckpt, tree, events)
+    tree, history, start = _restore(ckpt, tree, events, loop)
     return tree, history, start, start if existed else None
 
 
 def _save(ckpt, tree, extra) -> None:
-    """The checkpoint of an epoch, written atomically by one process (process 0)."""
-    if jax.process_index() == 0:
-        checkpoint.save(ckpt, tree, extra)
+    """The checkpoint of an epoch: every process calls this, process 0 alone writes it
+    (atomically), and all continue once it is in place (`distributed.save_checkpoint`)."""
+    distributed.save_checkpoint(ckpt, tree, extra)
 
 
-def _restore(ckpt, template, events: Events):
-    """``(tree, history, start_epoch)`` from ``ckpt`` when it exists (else the template)."""
+def _restore(ckpt, template, events: Events, loop):
+    """``(tree, history, start_epoch)`` from ``ckpt`` when it exists (else the template); its
+    metadata is validated (an epoch within this run, a history of the right lengths)."""
     if ckpt.exists():
-        tree, extra = checkpoint.restore(ckpt, template)
+        validate = lambda extra: checkpoint.validate_training_extra(
+            extra, epochs=loop.config.epochs, steps_per_epoch=loop.steps_per_epoch
+        )
+        tree, extra = checkpoint.restore(ckpt, template, validate_extra=validate)
         start = int(extra["epoch"])
         events.log(f"resumed from {ckpt} after epoch {start}")
         return tree, extra["history"], start
@@ -364,7 +368,7 @@ def fit(
     )
     ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     tree = {"params": params, "opt_state": optimizer.init(params), "state": state}
-    tree, history, start, resumed_from = _start(ckpt, tree, resume, events)
+    tree, history, start, resumed_from = _start(ckpt, tree, resume, events, loop)
     params, opt_state, state = tree["params"], tree["opt_state"], tree["state"]
     params, opt_state, state, loop.place = _place(mesh, params, opt_state, state, optimizer)
     eval_fn = make_eval_fn(model, loss)

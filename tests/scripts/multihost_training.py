@@ -25,27 +25,19 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
-from funcbp import checkpoint, data, distributed, fit, nn  # noqa: E402
+from funcbp import data, nn  # noqa: E402
+from funcbp.training import CHECKPOINT_NAME, FitConfig, FitResult, checkpoint, distributed, fit  # noqa: E402,E501
 
 EPOCHS, BATCH, SEED = 1, 64, 0
 
 
-def train_digits(epochs: int = EPOCHS, **kw) -> fit.FitResult:
+def train_digits(epochs: int = EPOCHS, **kw) -> FitResult:
     """The digits MLP (64-32-10, ReLU, adam) in float64: the run every process repeats."""
-    return fit.fit(
-        nn.mlp([32, 10]),
-        data.load_digits(seed=SEED),
-        optimizer=optax.adam(1e-2),
-        epochs=epochs,
-        batch_size=BATCH,
-        seed=SEED,
-        dtype=jax.numpy.float64,
-        progress=False,
-        **kw,
-    )
+    config = FitConfig(epochs, BATCH, SEED, dtype=jax.numpy.float64)
+    return fit(nn.mlp([32, 10]), data.load_digits(seed=SEED), optax.adam(1e-2), config, **kw)
 
 
-def _summary(r: fit.FitResult) -> dict:
+def _summary(r: FitResult) -> dict:
     return {
         "history": {k: v for k, v in r.history.items() if k != "seconds"},
         "devices": len(jax.devices()),
@@ -78,11 +70,11 @@ def main(argv: list[str]) -> None:
     r = train_digits(mesh=distributed.make_mesh())
     tree = {"params": r.params, "opt_state": r.opt_state, "state": r.state}
     extra = {"epoch": r.epochs_run, "history": r.history, "seed": SEED, "writer": pid}
-    wrote = distributed.save_checkpoint(out / "multi" / fit.CHECKPOINT_NAME, tree, extra)
+    wrote = distributed.save_checkpoint(out / "multi" / CHECKPOINT_NAME, tree, extra)
     summary = _summary(r) | {
         "process_index": jax.process_index(),
         "wrote": wrote is not None,
-        "writer_seen": checkpoint.read_extra(out / "multi" / fit.CHECKPOINT_NAME)["writer"],
+        "writer_seen": checkpoint.read_extra(out / "multi" / CHECKPOINT_NAME)["writer"],
         "gathered": _gather_check(),
     }
     (out / f"worker{pid}.json").write_text(json.dumps(summary))

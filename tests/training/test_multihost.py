@@ -1,7 +1,7 @@
 """Multi-process training: launch settings, one writer, and two real processes on localhost.
 
 The slow test starts two processes with 4 simulated CPU devices each (gloo collectives) and one
-process with 8, all training the digits MLP through `funcbp.fit.fit` over a mesh of the 8
+process with 8, all training the digits MLP through `funcbp.training.fit` over a mesh of the 8
 devices, in float64: the accuracies must agree exactly, the losses and params to 1e-13 (not
 bit for bit: gloo adds the two processes' partial gradients in another order than one process
 adds its 8 devices'; measured here: 1 ulp). The 8-device checkpoint then resumes here, on 1
@@ -23,9 +23,10 @@ import jax
 import numpy as np
 import pytest
 
-from funcbp import checkpoint, distributed, fit
+from funcbp.training import checkpoint, distributed
+from funcbp.training import loop as fit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
@@ -184,7 +185,7 @@ def test_two_processes_train_like_one_and_resume_on_one_device(tmp_path):
     resumed_dir.mkdir()
     shutil.copy(single_ckpt, resumed_dir / fit.CHECKPOINT_NAME)
     assert len(jax.devices()) == 1
-    resumed = train_digits(EPOCHS + 2, out_dir=resumed_dir, resume=True, log=lambda s: None)
+    resumed = train_digits(EPOCHS + 2, out_dir=resumed_dir, resume=True)
     straight = train_digits(EPOCHS + 2)
     assert resumed.resumed_from == EPOCHS
     assert _max_relative_difference(resumed.params, straight.params) <= 1e-12
