@@ -18,6 +18,7 @@ from funcbp.ops.attention import attention as attention
 from funcbp.ops.conv import conv2d as conv2d
 from funcbp.ops.dropout import dropout as dropout
 from funcbp.ops.embedding import embedding as embedding
+from funcbp.ops.flash_attention import flash_attention as flash_attention
 from funcbp.ops.linear import linear as linear
 from funcbp.ops.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
 from funcbp.ops.losses import mse as mse
@@ -56,6 +57,7 @@ __all__ = [
     "rnn",
     "lstm",
     "attention",
+    "flash_attention",
     "layer_norm",
     "batch_norm",
     "batch_norm_inference",
