@@ -24,7 +24,8 @@ the price of ~25% more backward FLOPs (the forward's first GEMM is redone). Here
 ``p`` is still materialised as whole ``T × S`` blocks inside the backward (no tiling: ``p``,
 ``dp``, ``ds``), so the peak of one jitted forward+backward shrinks by less than the residuals
 do (about two ``T × S`` buffers instead of three or four under XLA on CPU), and for tiny T, S
-the extra GEMM costs more than the memory saves.
+the extra GEMM costs more than the memory saves. `funcbp.ops.flash_attention` computes the same
+function block by block with no ``T × S`` buffer at all (the choice for long context).
 """
 
 from __future__ import annotations
