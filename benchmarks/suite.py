@@ -655,6 +655,18 @@ def _old_notes(path: str) -> str:
     return found.group(1) if found else ""
 
 
+def _other_sections(path: str) -> str:
+    """Sections other scripts keep in RESULTS.md (``<!-- name -->…<!-- /name -->`` after the
+    notes, e.g. ``benchmarks/long_context.py``'s): a rewrite of the suite keeps them as they are."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    blocks = re.finditer(r"<!-- ([\w-]+) -->.*?<!-- /\1 -->", text, re.S)
+    return "".join(f"\n{b.group(0)}\n" for b in blocks if b.group(1) != "notes")
+
+
 def write_outputs(res, out_dir: str, *, command: str, plot: bool = True) -> dict[str, str]:
     """``results.json``, ``RESULTS.md`` (keeping its hand-written notes block) and, with the
     sweeps, ``scaling.png`` in ``out_dir``."""
@@ -673,6 +685,7 @@ def write_outputs(res, out_dir: str, *, command: str, plot: bool = True) -> dict
     with open(paths["json"], "w") as f:
         json.dump(to_json(res), f, indent=1)
     md = render_markdown(res, command=command, notes=_old_notes(paths["markdown"]))
+    md += _other_sections(paths["markdown"])
     with open(paths["markdown"], "w") as f:
         f.write(md)
     return paths

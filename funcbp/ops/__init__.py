@@ -18,7 +18,9 @@ from funcbp.ops.attention import attention as attention
 from funcbp.ops.conv import conv2d as conv2d
 from funcbp.ops.dropout import dropout as dropout
 from funcbp.ops.embedding import embedding as embedding
+from funcbp.ops.flash_attention import flash_attention as flash_attention
 from funcbp.ops.linear import linear as linear
+from funcbp.ops.linear_cross_entropy import linear_cross_entropy as linear_cross_entropy
 from funcbp.ops.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
 from funcbp.ops.losses import mse as mse
 from funcbp.ops.losses import softmax_cross_entropy as softmax_cross_entropy
@@ -50,12 +52,14 @@ __all__ = [
     "log_softmax",
     "mse",
     "softmax_cross_entropy",
+    "linear_cross_entropy",
     "binary_cross_entropy_with_logits",
     "rnn_cell",
     "lstm_cell",
     "rnn",
     "lstm",
     "attention",
+    "flash_attention",
     "layer_norm",
     "batch_norm",
     "batch_norm_inference",

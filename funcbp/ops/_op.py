@@ -14,7 +14,10 @@ Calling convention shared by all three pieces, for an op with signature
 * ``fwd(*arrays, **static) -> (out, residuals)``  the same forward, keeping what ``bwd`` needs;
 * ``bwd(residuals, g, **static) -> tuple``  one cotangent per array (``None`` for integer ones);
 * ``validate(*arrays, **static)`` raises a clear error at trace time (shapes/dtypes are static);
-* ``sample(key, dtype) -> (arrays, static)`` random valid inputs of random shapes.
+* ``sample(key, dtype) -> (arrays, static)`` random valid inputs of random shapes;
+* ``primal(*arrays, **static) -> out`` (optional) the forward run when nothing is
+  differentiated (default: ``reference``): an op whose reference materialises what its hand path
+  avoids (a T × S attention matrix, N × V logits) gives its memory-lean forward here.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Op:
       smooth: whether finite differences are meaningful at sampled points (samplers keep
         inputs away from kinks; ops that are piecewise-linear are still smooth there).
       second_order: whether reverse-over-reverse is checked (the hand bwd is differentiable).
+      primal: the forward outside differentiation (``None``: ``reference``); must compute the
+        same function as ``reference``.
     """
 
     name: str
@@ -66,6 +71,7 @@ class Op:
     smooth: bool = True
     second_order: bool = True
     doc: str = ""
+    primal: Callable[..., Any] | None = None
 
     def __post_init__(self):
         params = list(inspect.signature(self.reference).parameters.values())
@@ -75,11 +81,12 @@ class Op:
 
     # -- the public function -------------------------------------------------------------
     def _build_custom_vjp(self):
-        fwd, bwd, reference = self.fwd, self.bwd, self.reference
+        fwd, bwd = self.fwd, self.bwd
+        primal = self.primal if self.primal is not None else self.reference
 
         @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
         def custom(static, *arrays):
-            return reference(*arrays, **dict(static))
+            return primal(*arrays, **dict(static))
 
         def custom_fwd(static, *arrays):
             return fwd(*arrays, **dict(static))

@@ -261,3 +261,62 @@ def test_list_input_is_rejected():
     q, k, v = _bad()
     with pytest.raises(TypeError, match=r"attention: q must be an array, got list"):
         attention(q.tolist(), k, v)
+
+
+# -- grouped heads (GQA / MQA) ------------------------------------------------------------------
+GROUPED = [
+    # (batch, H, G, T, S, causal): GQA, MQA (G = 1), S > T, non-causal with S < T
+    ((2,), 4, 2, 3, 5, True),
+    ((), 3, 1, 4, 4, True),
+    ((1,), 6, 3, 4, 2, False),
+]
+
+
+def _grouped_inputs(key, batch, h, g, t, s, dtype=jnp.float64):
+    kq, kk, kv, ku = jax.random.split(key, 4)
+    q = 0.7 * jax.random.normal(kq, (*batch, h, t, 3), dtype)
+    k = 0.7 * jax.random.normal(kk, (*batch, g, s, 3), dtype)
+    v = jax.random.normal(kv, (*batch, g, s, 2), dtype)
+    return (q, k, v), jax.random.normal(ku, (*batch, h, t, 2), dtype)
+
+
+@pytest.mark.parametrize("batch,h,g,t,s,causal", GROUPED)
+def test_grouped_heads_equal_repeated_kv_heads(key, batch, h, g, t, s, causal):
+    """Query head i uses kv head i // (H/G): the op equals ordinary multi-head attention on k, v
+    repeated H/G times along the head axis, and dk, dv are that attention's dk, dv summed over
+    each group of H/G heads; hand == jax.grad of the reference to 1e-12 (float64)."""
+    (q, k, v), u = _grouped_inputs(key, batch, h, g, t, s)
+    r = h // g
+    rep = lambda a: jnp.repeat(a, r, axis=-3)
+    fold = lambda a: a.reshape(*a.shape[:-3], g, r, *a.shape[-2:]).sum(axis=-3)
+
+    @jax.jit
+    def everything(q, k, v, u):
+        fwd = attention(q, k, v, causal=causal), attention(q, rep(k), rep(v), causal=causal)
+        dq, dk, dv = jax.grad(_loss(attention, causal), argnums=(0, 1, 2))(q, rep(k), rep(v), u)
+        explicit = attention_bwd(attention_fwd(q, k, v, causal=causal)[1], u, causal=causal)
+        return fwd, (dq, fold(dk), fold(dv)), explicit
+
+    (out, out_rep), repeated, explicit = everything(q, k, v, u)
+    _assert_close(out, out_rep, 1e-13, "grouped forward vs repeated")
+    hand = _grads(attention, (q, k, v), u, causal)
+    _assert_close(hand, repeated, 1e-12, "grouped vs repeated")
+    ref = _grads(attention_reference, (q, k, v), u, causal)
+    _assert_close(hand, ref, 1e-12, "grouped hand vs autodiff")
+    _assert_close(explicit, ref, 1e-12, "grouped explicit vs autodiff")
+
+
+@pytest.mark.parametrize(
+    "shapes,match",
+    [
+        (((2, 3, 4, 4), (2, 2, 5, 4), (2, 2, 5, 6)), r"q's H=3 heads must be a multiple of .*G=2"),
+        (((2, 4, 4, 4), (3, 2, 5, 4), (3, 2, 5, 6)), r"identical leading dims before the head"),
+        (((4, 4, 4), (2, 2, 5, 4), (2, 2, 5, 6)), r"q with 3 dims and k with 4"),
+        (((2, 4, 4, 4), (2, 2, 5, 4), (2, 1, 5, 6)), r"k and v must have identical leading"),
+    ],
+)
+def test_grouped_heads_bad_input_names_the_shapes(shapes, match):
+    q, k, v = (jnp.zeros(sh) for sh in shapes)
+    with pytest.raises(ValueError, match=match) as info:
+        attention(q, k, v, causal=False)
+    assert f"q {shapes[0]}, k {shapes[1]}, v {shapes[2]}" in str(info.value)
