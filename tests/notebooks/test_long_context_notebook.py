@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_long_context_by_hand.py"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "08_long_context_by_hand.py"
 
 
 @pytest.mark.slow
