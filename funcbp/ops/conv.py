@@ -362,6 +362,26 @@ def conv2d_bwd(res, dy, stride=1, padding="SAME", *, method=None):
     return dx, dw, db
 
 
+def conv2d_jvp(primals, tangents, stride=1, padding="SAME"):
+    """dY = dX ⋆ W + X ⋆ dW + db: the product rule (Y is bilinear in X and W).
+
+    Y[n,i,j,o] = b[o] + Σ_{p,q,c} Xp[n, SH·i + p, SW·j + q, c] W[p,q,c,o], and zero-padding is
+    linear (dXp = dX zero-padded), so a step (dX, dW, db) moves Y by
+      dY[n,i,j,o] = Σ_{p,q,c} (dXp[n, SH·i+p, SW·j+q, c] W[p,q,c,o]
+                              + Xp[n, SH·i+p, SW·j+q, c] dW[p,q,c,o]) + db[o]
+    i.e. two forward convolutions with the same stride and padding (N, HO, WO, O), no
+    transposed convolution: forward mode runs the forward map on the tangents. The two
+    backward maps (the transposed conv for dX, the correlation for dW) are their transposes.
+    The lax formulation for both terms (forward mode is not on the training path).
+    """
+    x, w, b = primals
+    dx, dw, db = tangents
+    strides, pads, _ = _geometry(x, w, stride, padding)
+    y = _y_lax(x, w, strides, pads) + b.reshape(1, 1, 1, -1)  # (N, HO, WO, O)
+    dy = _y_lax(dx, w, strides, pads) + _y_lax(x, dw, strides, pads)  # (N, HO, WO, O)
+    return y, dy + db.reshape(1, 1, 1, -1)
+
+
 def _validate(x, w, b, stride=1, padding="SAME"):
     op = "conv2d"
     for name, a in (("x", x), ("w", w), ("b", b)):
@@ -421,5 +441,14 @@ def _sample_conv2d(key, dtype):
 
 
 conv2d = register(
-    Op("conv2d", conv2d_reference, conv2d_fwd, conv2d_bwd, _sample_conv2d, 3, _validate)
+    Op(
+        "conv2d",
+        conv2d_reference,
+        conv2d_fwd,
+        conv2d_bwd,
+        _sample_conv2d,
+        3,
+        _validate,
+        jvp=conv2d_jvp,
+    )
 )
