@@ -13,7 +13,10 @@ float argument) and a random output cotangent ``c`` (never ones):
   column from the hand JVP and row by row from the hand VJP (`JACOBIAN_TOLERANCE`);
 
 and, optionally, ``"hessian"``: `jax.hessian` (forward over reverse) of the scalar pairing
-⟨op(x), u⟩ through ``op.forward_mode`` vs through the reference (float64 only).
+⟨op(x), u⟩ through ``op.forward_mode`` vs the reference's Hessian (float64 only). The reference
+side is forward over forward, ``jacfwd(jacfwd(·))``: the same matrix with no transpose of any
+reference primitive, because JAX's transpose of `lax.conv_general_dilated` in the kernel makes
+XLA CPU (jax 0.10.2) abort for some strided shapes (see `funcbp.ops.conv.conv2d_jvp`).
 
 Rows are `funcbp.check.Report`s, so they print like the gradient checks' rows. Each check is one
 jitted call (both sides in one compile): with random shapes, compiles are the cost.
@@ -246,8 +249,9 @@ def check_jacobian(op: Op, key, dtype=jnp.float64) -> Report:
 
 
 def hessians(op: Op, arrays, static, cotangent):
-    """`jax.hessian` of ``⟨op(x), u⟩`` w.r.t. the float arguments, through ``op.forward_mode``
-    and through the reference (one jitted call): ``(hand, autodiff)``."""
+    """The Hessian of ``⟨op(x), u⟩`` w.r.t. the float arguments (one jitted call):
+    ``(hand, autodiff)`` = (`jax.hessian` through ``op.forward_mode``, i.e. jacfwd over the
+    transposed hand JVP; ``jacfwd(jacfwd(·))`` of the reference, forward mode only)."""
     argnums = tuple(range(len(float_positions(arrays))))
 
     def pairing(fn, a):
@@ -261,14 +265,14 @@ def hessians(op: Op, arrays, static, cotangent):
     def both(a):
         floats = tuple(a[i] for i in float_positions(a))
         hand = jax.hessian(pairing(op.forward_mode, a), argnums=argnums)(*floats)
-        ref = jax.hessian(pairing(op.autodiff, a), argnums=argnums)(*floats)
+        ref = jax.jacfwd(jax.jacfwd(pairing(op.autodiff, a), argnums), argnums)(*floats)
         return hand, ref
 
     return both(tuple(arrays))
 
 
 def check_hessian(op: Op, key, dtype=jnp.float64) -> Report:
-    """`jax.hessian` of ⟨op(x), u⟩ through ``op.forward_mode`` vs through the reference."""
+    """`jax.hessian` of ⟨op(x), u⟩ through ``op.forward_mode`` vs the reference's Hessian."""
     tol = _tolerance(HESSIAN_TOLERANCE, "check_hessian", op, dtype)
     arrays, static, _, cot = draw(op, key, dtype)
     hand, ref = hessians(op, arrays, static, cot)

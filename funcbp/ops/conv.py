@@ -363,23 +363,28 @@ def conv2d_bwd(res, dy, stride=1, padding="SAME", *, method=None):
 
 
 def conv2d_jvp(primals, tangents, stride=1, padding="SAME"):
-    """dY = dX ⋆ W + X ⋆ dW + db: the product rule (Y is bilinear in X and W).
+    """dY = P(dX) W₂ + P(X) dW₂ + db: the product rule on the im2col form Y = P(X) W₂ + b.
 
-    Y[n,i,j,o] = b[o] + Σ_{p,q,c} Xp[n, SH·i + p, SW·j + q, c] W[p,q,c,o], and zero-padding is
-    linear (dXp = dX zero-padded), so a step (dX, dW, db) moves Y by
+    Y[n,i,j,o] = b[o] + Σ_{p,q,c} Xp[n, SH·i + p, SW·j + q, c] W[p,q,c,o] is bilinear in X and
+    W, and both zero-padding and im2col are linear (P(X + dX) = P(X) + P(dX)), so a step
+    (dX, dW, db) moves Y by
       dY[n,i,j,o] = Σ_{p,q,c} (dXp[n, SH·i+p, SW·j+q, c] W[p,q,c,o]
                               + Xp[n, SH·i+p, SW·j+q, c] dW[p,q,c,o]) + db[o]
-    i.e. two forward convolutions with the same stride and padding (N, HO, WO, O), no
-    transposed convolution: forward mode runs the forward map on the tangents. The two
-    backward maps (the transposed conv for dX, the correlation for dW) are their transposes.
-    The lax formulation for both terms (forward mode is not on the training path).
+    i.e. two forward convolutions with the same stride and padding (N, HO, WO, O): forward mode
+    runs the forward map on the tangents, with no transposed convolution (the backward's two
+    maps are the transposes of these). Both terms use the GEMM formulation, whatever the size
+    rule: P(X) is shared with Y, and when JAX transposes this rule (reverse mode of
+    ``forward_mode``) it meets only slices, pads and GEMMs. JAX's own transpose of
+    `lax.conv_general_dilated` in the kernel made XLA CPU (jax 0.10.2) abort in its algebraic
+    simplifier ("Window dimensions do not match RHS shape") for some strided shapes, e.g.
+    x (2, 2, 4, 1), w (2, 2, 1, 1), stride (3, 2), padding 1 — `jax.grad` of the reference too.
     """
     x, w, b = primals
     dx, dw, db = tangents
-    strides, pads, _ = _geometry(x, w, stride, padding)
-    y = _y_lax(x, w, strides, pads) + b.reshape(1, 1, 1, -1)  # (N, HO, WO, O)
-    dy = _y_lax(dx, w, strides, pads) + _y_lax(x, dw, strides, pads)  # (N, HO, WO, O)
-    return y, dy + db.reshape(1, 1, 1, -1)
+    strides, pads, out_hw = _geometry(x, w, stride, padding)
+    y = _y_gemm(x, w, strides, pads, out_hw)  # (N, HO, WO, O)
+    dy = _y_gemm(dx, w, strides, pads, out_hw) + _y_gemm(x, dw, strides, pads, out_hw)
+    return y + b.reshape(1, 1, 1, -1), dy + db.reshape(1, 1, 1, -1)
 
 
 def _validate(x, w, b, stride=1, padding="SAME"):
