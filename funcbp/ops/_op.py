@@ -236,7 +236,10 @@ class Op:
 
 
 def register(op: Op) -> Op:
-    """Add ``op`` to `REGISTRY` (names are unique) and return it; ``op(...)`` is the public fn."""
+    """Add ``op`` to `REGISTRY` (names are unique) and return it; ``op(...)`` is the public fn.
+
+    Every registered op must carry a hand ``jvp`` next to its ``bwd``: ``tests/test_jvp.py``
+    fails for any that does not (``op.forward_mode`` raises ``NotImplementedError`` for it)."""
     if op.name in REGISTRY:
         raise ValueError(f"register: an op named {op.name!r} is already registered")
     object.__setattr__(op, "__doc__", op.doc or op.reference.__doc__)
