@@ -3,7 +3,9 @@
 Every public name here is a `jax.custom_vjp` function (an `Op`): ``ops.linear(x, w, b)`` runs the
 forward and, under `jax.grad`, the hand-written backward. ``ops.linear.autodiff(...)`` runs the
 plain reference instead (gradients by `jax.grad` itself), and ``ops.REGISTRY`` maps each name to
-its `Op` (reference, fwd, bwd, sample) for tests, reports and benchmarks.
+its `Op` (reference, fwd, bwd, jvp, sample) for tests, reports and benchmarks.
+``ops.linear.forward_mode(...)`` is the op as a `jax.custom_jvp` function of its hand JVP, for
+forward mode (`jax.jvp`, `jax.jacfwd`, `jax.hessian`).
 """
 
 from funcbp.ops._op import REGISTRY as REGISTRY

@@ -1,8 +1,10 @@
-"""The one protocol: an op is a reference forward, a residual-keeping forward and a hand VJP.
+"""The one protocol: an op is a reference forward, a residual-keeping forward and a hand VJP
+(and a hand JVP: both modes of differentiation, written by hand).
 
-`Op` bundles the three pieces with a validator and a sampler of random valid inputs, builds the
-public `jax.custom_vjp` function from them, and `register` puts it in `REGISTRY`, which every
-test, the `funcbp check` report, the notebooks and the benchmarks iterate.
+`Op` bundles the pieces with a validator and a sampler of random valid inputs, builds the
+public `jax.custom_vjp` function from them (and, from ``jvp``, the `jax.custom_jvp` function
+``op.forward_mode``), and `register` puts it in `REGISTRY`, which every test, the `funcbp check`
+report, the notebooks and the benchmarks iterate.
 
 Calling convention shared by all three pieces, for an op with signature
 ``name(a1, ..., ak, *, s1=..., sm=...)``:
@@ -13,6 +15,10 @@ Calling convention shared by all three pieces, for an op with signature
 * ``reference(*arrays, **static) -> out``  plain `jax.numpy`, no custom rule: ground truth;
 * ``fwd(*arrays, **static) -> (out, residuals)``  the same forward, keeping what ``bwd`` needs;
 * ``bwd(residuals, g, **static) -> tuple``  one cotangent per array (``None`` for integer ones);
+* ``jvp(primals, tangents, **static) -> (out, tangent_out)``  the hand forward-mode rule: one
+  tangent per array (those of integer arrays and PRNG keys are `float0` and ignored), linear in
+  the tangents and written in differentiable `jax.numpy`, so JAX can transpose it (reverse mode
+  of ``forward_mode``) and differentiate it again (`jax.hessian`);
 * ``validate(*arrays, **static)`` raises a clear error at trace time (shapes/dtypes are static);
 * ``sample(key, dtype) -> (arrays, static)`` random valid inputs of random shapes;
 * ``primal(*arrays, **static) -> out`` (optional) the forward run when nothing is
@@ -59,6 +65,8 @@ class Op:
       second_order: whether reverse-over-reverse is checked (the hand bwd is differentiable).
       primal: the forward outside differentiation (``None``: ``reference``); must compute the
         same function as ``reference``.
+      jvp: hand-derived JVP ``(primals, tangents, **static) -> (out, tangent_out)``; every
+        registered op has one (the registry tests fail otherwise). ``None`` only for ad-hoc ops.
     """
 
     name: str
@@ -72,6 +80,7 @@ class Op:
     second_order: bool = True
     doc: str = ""
     primal: Callable[..., Any] | None = None
+    jvp: Callable[..., Any] | None = None
 
     def __post_init__(self):
         params = list(inspect.signature(self.reference).parameters.values())
@@ -95,6 +104,26 @@ class Op:
             return tuple(bwd(residuals, g, **dict(static)))
 
         custom.defvjp(custom_fwd, custom_bwd)
+        return custom
+
+    @functools.cached_property
+    def _custom_jvp(self):
+        """The `jax.custom_jvp` function built from ``jvp`` (once per op; static config goes
+        through ``nondiff_argnums`` as for the custom_vjp)."""
+        if self.jvp is None:
+            raise NotImplementedError(
+                f"{self.name}: no hand JVP (Op(..., jvp=...)), so it has no forward_mode"
+            )
+        jvp, reference = self.jvp, self.reference
+
+        @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+        def custom(static, *arrays):
+            return reference(*arrays, **dict(static))
+
+        def custom_jvp(static, primals, tangents):
+            return jvp(tuple(primals), tuple(tangents), **dict(static))
+
+        custom.defjvp(custom_jvp)
         return custom
 
     def split(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[tuple, tuple]:
@@ -132,17 +161,39 @@ class Op:
         arrays, static = self._checked(args, kwargs)
         return self.reference(*arrays, **dict(static))
 
-    def path(self, source: str, *, remat: bool = False) -> Callable[..., Any]:
+    def forward_mode(self, *args, **kwargs):
+        """Hand forward mode: the op as a `jax.custom_jvp` function whose JVP is ``jvp``.
+
+        Validated like ``op(...)``. `jax.jvp`, `jax.jacfwd`, `jax.linearize` and `jax.hessian`
+        work on it, and so does `jax.grad` (JAX transposes the linear rule; ``op(...)``, the
+        custom_vjp, supports reverse mode only). Same forward values as the op.
+        """
+        arrays, static = self._checked(args, kwargs)
+        return self._custom_jvp(static, *arrays)
+
+    def path(self, source: str, *, remat: bool = False, mode: str = "reverse") -> Callable:
         """The op for one gradient source: ``"hand"`` (the custom VJP), ``"autodiff"`` (the
         validated reference, differentiated by `jax.grad` itself) or ``"explicit"`` (``fwd``
         with its residuals dropped: the explicit engine's forward value).
 
+        ``mode="reverse"`` (default): the hand path is the custom_vjp (``bwd``);
+        ``mode="forward"``: the hand path is `forward_mode` (``jvp``), which JAX can also
+        transpose to reverse mode. The autodiff path is the reference in both modes.
         ``remat=True``: the same, recomputing instead of saving — `remat` on the hand path,
-        ``jax.checkpoint`` of the reference on the autodiff path."""
+        ``jax.checkpoint`` of the reference on the autodiff path (reverse mode only)."""
         if source not in ("hand", "autodiff", "explicit"):
             raise ValueError(
                 f"{self.name}: source must be 'hand', 'autodiff' or 'explicit', got {source!r}"
             )
+        if mode not in ("reverse", "forward"):
+            raise ValueError(f"{self.name}: mode must be 'reverse' or 'forward', got {mode!r}")
+        if mode == "forward":
+            if remat:
+                raise ValueError(
+                    f"{self.name}: remat=True applies to mode='reverse' only (forward mode "
+                    "keeps no residuals to recompute)"
+                )
+            return {"hand": self.forward_mode, "explicit": self.explicit}.get(source, self.autodiff)
         if source == "hand":
             return self.remat.hand if remat else self.hand
         if source == "explicit":
@@ -194,12 +245,20 @@ class Op:
         """A copy with another backward (used to plant bugs and prove the checker fails)."""
         return dataclasses.replace(self, bwd=bwd, name=name or self.name)
 
+    def with_jvp(self, jvp: Callable[..., Any], name: str | None = None) -> Op:
+        """A copy with another JVP (used to plant bugs in forward mode and prove the checks
+        fail)."""
+        return dataclasses.replace(self, jvp=jvp, name=name or self.name)
+
     def __repr__(self) -> str:
         return f"Op({self.name}{self._signature})"
 
 
 def register(op: Op) -> Op:
-    """Add ``op`` to `REGISTRY` (names are unique) and return it; ``op(...)`` is the public fn."""
+    """Add ``op`` to `REGISTRY` (names are unique) and return it; ``op(...)`` is the public fn.
+
+    Every registered op must carry a hand ``jvp`` next to its ``bwd``: ``tests/test_jvp.py``
+    fails for any that does not (``op.forward_mode`` raises ``NotImplementedError`` for it)."""
     if op.name in REGISTRY:
         raise ValueError(f"register: an op named {op.name!r} is already registered")
     object.__setattr__(op, "__doc__", op.doc or op.reference.__doc__)

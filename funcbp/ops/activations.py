@@ -1,7 +1,8 @@
 """Elementwise activations: relu, leaky_relu, sigmoid, tanh, gelu.
 
 For an elementwise ``y = f(x)`` the Jacobian is diagonal, so the VJP is ``dx = g * f'(x)``; each
-op keeps whichever of ``x`` or ``y`` gives ``f'`` most cheaply.
+op keeps whichever of ``x`` or ``y`` gives ``f'`` most cheaply. A diagonal matrix is its own
+transpose, so the JVP is the same product with the tangent: ``dy = f'(x) * dx``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,24 @@ def relu_bwd(res, g):
     return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
 
 
+def relu_jvp(primals, tangents):
+    """dy = 1[x > 0] · dx: the slope is 1 on the positive side, 0 on the other (0 at the kink,
+    as in the backward)."""
+    (x,), (dx,) = primals, tangents
+    return relu_reference(x), jnp.where(x > 0, dx, jnp.zeros_like(dx))
+
+
 relu = register(
-    Op("relu", relu_reference, relu_fwd, relu_bwd, _sample_away, 1, _validate_x("relu"))
+    Op(
+        "relu",
+        relu_reference,
+        relu_fwd,
+        relu_bwd,
+        _sample_away,
+        1,
+        _validate_x("relu"),
+        jvp=relu_jvp,
+    )
 )
 
 
@@ -72,6 +89,12 @@ def leaky_relu_bwd(res, g, negative_slope=0.01):
     """dx = g · (1 if x > 0 else negative_slope)."""
     (y,) = res
     return (jnp.where(y > 0, g, negative_slope * g),)
+
+
+def leaky_relu_jvp(primals, tangents, negative_slope=0.01):
+    """dy = dx if x > 0 else negative_slope · dx (the slope of the piece x lies on)."""
+    (x,), (dx,) = primals, tangents
+    return leaky_relu_reference(x, negative_slope), jnp.where(x > 0, dx, negative_slope * dx)
 
 
 def _validate_leaky(x, negative_slope=0.01):
@@ -97,6 +120,7 @@ leaky_relu = register(
         _sample_leaky,
         1,
         _validate_leaky,
+        jvp=leaky_relu_jvp,
     )
 )
 
@@ -119,6 +143,13 @@ def sigmoid_bwd(res, g):
     return (g * s * (1 - s),)
 
 
+def sigmoid_jvp(primals, tangents):
+    """ds = s (1 − s) · dx, from σ' = e^{−x}/(1 + e^{−x})² = σ (1 − σ)."""
+    (x,), (dx,) = primals, tangents
+    s = sigmoid_reference(x)
+    return s, s * (1 - s) * dx
+
+
 def _sample_normal(key, dtype):
     gen = _sample.rng(key)
     shape = _sample.batch_shape(gen, max_dims=3, max_size=6)
@@ -134,6 +165,7 @@ sigmoid = register(
         _sample_normal,
         1,
         _validate_x("sigmoid"),
+        jvp=sigmoid_jvp,
     )
 )
 
@@ -156,8 +188,24 @@ def tanh_bwd(res, g):
     return (g * (1 - t * t),)
 
 
+def tanh_jvp(primals, tangents):
+    """dt = (1 − t²) · dx, from tanh' = 1/cosh² = 1 − tanh²."""
+    (x,), (dx,) = primals, tangents
+    t = tanh_reference(x)
+    return t, (1 - t * t) * dx
+
+
 tanh = register(
-    Op("tanh", tanh_reference, tanh_fwd, tanh_bwd, _sample_normal, 1, _validate_x("tanh"))
+    Op(
+        "tanh",
+        tanh_reference,
+        tanh_fwd,
+        tanh_bwd,
+        _sample_normal,
+        1,
+        _validate_x("tanh"),
+        jvp=tanh_jvp,
+    )
 )
 
 
@@ -201,6 +249,25 @@ def gelu_bwd(res, g, approximate=False):
     return (g * dydx,)
 
 
+def gelu_jvp(primals, tangents, approximate=False):
+    """dy = y'(x) · dx, with the slope derived for each form:
+
+    exact, y = x Φ(x):  y' = Φ(x) + x Φ'(x) = Φ(x) + x φ(x), φ(x) = e^{−x²/2}/√(2π).
+    approximate, y = ½ x (1 + tanh u), u = √(2/π)(x + c x³), c = 0.044715:
+      y' = ½ (1 + tanh u) + ½ x (1 − tanh² u) u',  u' = √(2/π)(1 + 3 c x²).
+    """
+    (x,), (dx,) = primals, tangents
+    if approximate:
+        u = _SQRT_2_OVER_PI * (x + _C * x**3)
+        t = jnp.tanh(u)
+        du = _SQRT_2_OVER_PI * (1 + 3 * _C * x * x)
+        slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+        return 0.5 * x * (1 + t), slope * dx
+    one_plus_erf = 1 + erf(x * _INV_SQRT_2)  # 2 Φ(x)
+    slope = 0.5 * one_plus_erf + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+    return 0.5 * x * one_plus_erf, slope * dx
+
+
 def _validate_gelu(x, approximate=False):
     require_float("gelu", "x", x)
     if not isinstance(approximate, bool):
@@ -212,4 +279,15 @@ def _sample_gelu(key, dtype):
     return (x,), {"approximate": bool(_sample.rng(key).integers(0, 2))}
 
 
-gelu = register(Op("gelu", gelu_reference, gelu_fwd, gelu_bwd, _sample_gelu, 1, _validate_gelu))
+gelu = register(
+    Op(
+        "gelu",
+        gelu_reference,
+        gelu_fwd,
+        gelu_bwd,
+        _sample_gelu,
+        1,
+        _validate_gelu,
+        jvp=gelu_jvp,
+    )
+)

@@ -157,6 +157,32 @@ def attention_bwd(res, do, causal=True):
     return dq.reshape(q.shape), dk, dv
 
 
+def attention_jvp(primals, tangents, causal=True):
+    """ds = (dq kᵀ + q dkᵀ)/√D;  dp = p ⊙ (ds − rowsum(p ⊙ ds));  do = dp v + p dv.
+
+    Forwards through the three steps: s = q kᵀ/√D is bilinear (product rule; the mask's fill
+    is a constant, so masked entries have ds = 0 — and p = 0 there, which zeroes them in dp
+    anyway); each row of p = softmax(s) moves by p ⊙ (ds − ⟨p, ds⟩) (`softmax_jvp`); o = p v
+    is bilinear: do = dp v + p dv. Shapes: ds, dp (..., H, T, S), do (..., H, T, Dv). Forward
+    mode materialises the T × S tangent ds (as the backward does its cotangent). Grouped heads:
+    k, v and their tangents are repeated over each group (a linear map: its tangent is the
+    repeat of the tangent).
+    """
+    q, k, v = primals
+    dq, dk, dv = tangents
+    k, v, dk, dv = (_repeat_kv(q, a) for a in (k, v, dk, dv))  # (..., H, S, ·)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = _masked_scores(q, k, causal)  # (..., T, S)
+    e = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))  # (..., T, S)
+    p = e / jnp.sum(e, axis=-1, keepdims=True)  # (..., T, S)
+    ds = jnp.einsum("...td,...sd->...ts", dq, k) + jnp.einsum("...td,...sd->...ts", q, dk)
+    ds = ds * scale  # (..., T, S)
+    dp = p * (ds - jnp.sum(p * ds, axis=-1, keepdims=True))  # (..., T, S)
+    o = jnp.einsum("...ts,...se->...te", p, v)  # (..., T, Dv)
+    do = jnp.einsum("...ts,...se->...te", dp, v) + jnp.einsum("...ts,...se->...te", p, dv)
+    return o, do
+
+
 def validate_attention(op, q, k, v, causal):
     """Shapes, dtypes and ``causal`` of an attention call; errors name ``op`` and the shapes."""
     for name, a in (("q", q), ("k", k), ("v", v)):
@@ -262,5 +288,6 @@ attention = register(
         _sample_attention,
         3,
         _validate,
+        jvp=attention_jvp,
     )
 )

@@ -344,6 +344,31 @@ def conv2d_bwd(res, dy, stride=1, padding="SAME", *, method=None):
     return dx, dw, db
 
 
+def conv2d_jvp(primals, tangents, stride=1, padding="SAME"):
+    """dY = P(dX) W₂ + P(X) dW₂ + db: the product rule on the im2col form Y = P(X) W₂ + b.
+
+    Y[n,i,j,o] = b[o] + Σ_{p,q,c} Xp[n, SH·i + p, SW·j + q, c] W[p,q,c,o] is bilinear in X and
+    W, and both zero-padding and im2col are linear (P(X + dX) = P(X) + P(dX)), so a step
+    (dX, dW, db) moves Y by
+      dY[n,i,j,o] = Σ_{p,q,c} (dXp[n, SH·i+p, SW·j+q, c] W[p,q,c,o]
+                              + Xp[n, SH·i+p, SW·j+q, c] dW[p,q,c,o]) + db[o]
+    i.e. two forward convolutions with the same stride and padding (N, HO, WO, O): forward mode
+    runs the forward map on the tangents, with no transposed convolution (the backward's two
+    maps are the transposes of these). Both terms use the GEMM formulation, whatever the size
+    rule: P(X) is shared with Y, and when JAX transposes this rule (reverse mode of
+    ``forward_mode``) it meets only slices, pads and GEMMs. JAX's own transpose of
+    `lax.conv_general_dilated` in the kernel made XLA CPU (jax 0.10.2) abort in its algebraic
+    simplifier ("Window dimensions do not match RHS shape") for some strided shapes, e.g.
+    x (2, 2, 4, 1), w (2, 2, 1, 1), stride (3, 2), padding 1 — `jax.grad` of the reference too.
+    """
+    x, w, b = primals
+    dx, dw, db = tangents
+    strides, pads, out_hw = _geometry(x, w, stride, padding)
+    y = _y_gemm(x, w, strides, pads, out_hw)  # (N, HO, WO, O)
+    dy = _y_gemm(dx, w, strides, pads, out_hw) + _y_gemm(x, dw, strides, pads, out_hw)
+    return y + b.reshape(1, 1, 1, -1), dy + db.reshape(1, 1, 1, -1)
+
+
 def _validate(x, w, b, stride=1, padding="SAME"):
     op = "conv2d"
     for name, a in (("x", x), ("w", w), ("b", b)):
@@ -403,5 +428,14 @@ def _sample_conv2d(key, dtype):
 
 
 conv2d = register(
-    Op("conv2d", conv2d_reference, conv2d_fwd, conv2d_bwd, _sample_conv2d, 3, _validate)
+    Op(
+        "conv2d",
+        conv2d_reference,
+        conv2d_fwd,
+        conv2d_bwd,
+        _sample_conv2d,
+        3,
+        _validate,
+        jvp=conv2d_jvp,
+    )
 )

@@ -69,6 +69,17 @@ def dropout_bwd(res, g, rate):
     return _apply(_keep_mask(key, rate, g.shape), g, rate), None
 
 
+def dropout_jvp(primals, tangents, rate):
+    """dy = m ⊙ dx / (1 − rate), the mask m drawn from the same key; the key's tangent (float0)
+    is ignored. For a fixed key the op is a fixed linear (diagonal) map of x, so its JVP is the
+    map itself applied to the tangent, and its VJP the same map (a diagonal is symmetric)."""
+    (x, key), (dx, _) = primals, tangents
+    if rate == 0:
+        return x, dx
+    mask = _keep_mask(key, rate, x.shape)
+    return _apply(mask, x, rate), _apply(mask, dx, rate)
+
+
 def _validate(x, key, rate):
     op = "dropout"
     require_float(op, "x", x)
@@ -112,5 +123,14 @@ def _sample_dropout(key, dtype):
 
 
 dropout = register(
-    Op("dropout", dropout_reference, dropout_fwd, dropout_bwd, _sample_dropout, 2, _validate)
+    Op(
+        "dropout",
+        dropout_reference,
+        dropout_fwd,
+        dropout_bwd,
+        _sample_dropout,
+        2,
+        _validate,
+        jvp=dropout_jvp,
+    )
 )

@@ -50,6 +50,18 @@ def embedding_bwd(res, g):
     return None, dtable
 
 
+def embedding_jvp(primals, tangents):
+    """dout = dtable[ids] (the same lookup, in the tangent table); the ids' tangent is ignored.
+
+    out[n] = table[ids[n]] is linear in the table, so it moves by the looked-up rows of dtable:
+    a gather forwards, the scatter-add of the backward being its transpose. An out-of-range id
+    gives a NaN row that does not depend on the table: its tangent is 0 (fill value 0).
+    """
+    (ids, table), (_, dtable) = primals, tangents
+    dout = dtable.at[ids].get(mode="fill", fill_value=0, wrap_negative_indices=False)  # (..., D)
+    return embedding_reference(ids, table), dout
+
+
 def _validate(ids, table):
     op = "embedding"
     require_array(op, "ids", ids)
@@ -92,5 +104,6 @@ embedding = register(
         _sample_embedding,
         2,
         _validate,
+        jvp=embedding_jvp,
     )
 )

@@ -43,7 +43,13 @@ from jax import lax
 
 from funcbp.ops import _sample
 from funcbp.ops._op import Op, register
-from funcbp.ops.attention import attention_reference, draw_heads, groups, validate_attention
+from funcbp.ops.attention import (
+    attention_jvp,
+    attention_reference,
+    draw_heads,
+    groups,
+    validate_attention,
+)
 
 __all__ = ["flash_attention"]
 
@@ -277,6 +283,14 @@ def flash_attention_bwd(res, do, causal=True, block_size=128):
 
 
 # -- validation and samples -------------------------------------------------------------------
+def flash_attention_jvp(primals, tangents, causal=True, block_size=128):
+    """The same maths as `funcbp.ops.attention`, so the same forward rule
+    (`funcbp.ops.attention.attention_jvp`): ds = (dq kᵀ + q dkᵀ)/√D, dp = p ⊙ (ds − rowsum(p ⊙ ds)),
+    do = dp v + p dv. Forward mode is not blockwise: it forms the T × S tangent ds, as `jax.jvp`
+    of the reference does (``block_size`` only shapes the reverse pass)."""
+    return attention_jvp(primals, tangents, causal=causal)
+
+
 def _validate(q, k, v, causal=True, block_size=128):
     validate_attention("flash_attention", q, k, v, causal)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -312,5 +326,6 @@ flash_attention = register(
         3,
         _validate,
         primal=flash_attention_primal,
+        jvp=flash_attention_jvp,
     )
 )

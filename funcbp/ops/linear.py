@@ -43,6 +43,20 @@ def linear_bwd(res, dy):
     return dx, dw, db
 
 
+def linear_jvp(primals, tangents):
+    """dY = dX W + X dW + db: the product rule, term by term (Y is bilinear in X and W).
+
+    Y_nj = Σ_i X_ni W_ij + b_j, so a step (dX, dW, db) moves Y by
+      dY_nj = Σ_i dX_ni W_ij + Σ_i X_ni dW_ij + db_j        (..., O)
+    (the second-order term dX dW is dropped). Each term is one of the VJP's maps read forwards:
+    dX = dY Wᵀ is the transpose of dX ↦ dX W, dW = Xᵀ dY of dW ↦ X dW, db = Σ dY of db ↦ 1 db.
+    """
+    x, w, b = primals
+    dx, dw, db = tangents
+    dy = dx @ w + x @ dw  # (..., O)
+    return linear_reference(x, w, b), dy + _lift(db, dy.ndim)
+
+
 def _validate(x, w, b):
     op = "linear"
     for name, a in (("x", x), ("w", w), ("b", b)):
@@ -75,5 +89,14 @@ def _sample_linear(key, dtype):
 
 
 linear = register(
-    Op("linear", linear_reference, linear_fwd, linear_bwd, _sample_linear, 3, _validate)
+    Op(
+        "linear",
+        linear_reference,
+        linear_fwd,
+        linear_bwd,
+        _sample_linear,
+        3,
+        _validate,
+        jvp=linear_jvp,
+    )
 )

@@ -54,7 +54,7 @@ from funcbp.ops._checks import (
     require_same_dtype,
 )
 from funcbp.ops._op import Op, register
-from funcbp.ops.losses import softmax_cross_entropy_reference
+from funcbp.ops.losses import softmax_cross_entropy_jvp, softmax_cross_entropy_reference
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_recompute"]
 
@@ -198,6 +198,20 @@ def linear_cross_entropy_recompute_bwd(res, g, chunk_size=DEFAULT_CHUNK):
 
 
 # -- validation and samples -------------------------------------------------------------------
+def linear_cross_entropy_jvp(primals, tangents, chunk_size=DEFAULT_CHUNK):
+    """dz = dx w + x dw (the product rule of z = x w), then the softmax-CE rule
+    (`funcbp.ops.losses.softmax_cross_entropy_jvp`): dL = (1/N) Σ_n ⟨p_n, dz_n⟩ − dz_n[y_n].
+
+    Forward mode is not chunked: it forms the (N, V) tangent dz (one pass of a JVP needs the
+    whole row ⟨p_n, dz_n⟩), like `jax.jvp` of the reference does.
+    """
+    x, w, labels = primals
+    dx, dw, dlabels = tangents
+    z = x @ w  # (N, V)
+    dz = dx @ w + x @ dw  # (N, V)
+    return softmax_cross_entropy_jvp((z, labels), (dz, dlabels))
+
+
 def _validate_for(op):
     def validate(x, w, labels, chunk_size=DEFAULT_CHUNK):
         require_float(op, "x", x)
@@ -253,6 +267,7 @@ linear_cross_entropy = register(
         3,
         _validate_for("linear_cross_entropy"),
         primal=linear_cross_entropy_primal,
+        jvp=linear_cross_entropy_jvp,
     )
 )
 
@@ -265,6 +280,7 @@ linear_cross_entropy_recompute = Op(
     3,
     _validate_for("linear_cross_entropy_recompute"),
     primal=linear_cross_entropy_primal,
+    jvp=linear_cross_entropy_jvp,
 )
 """The same op with the logits recomputed in the backward (not registered: measured beside
 `linear_cross_entropy` by the benchmark, checked by tests/ops/test_linear_cross_entropy.py)."""

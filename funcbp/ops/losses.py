@@ -42,6 +42,17 @@ def mse_bwd(res, g):
     return dpred, -dpred
 
 
+def mse_jvp(primals, tangents):
+    """dL = (2/n) Σ d ⊙ (dpred − dtarget),  d = pred − target.
+
+    L = (1/n) Σ d² and dd = dpred − dtarget, so dL = (1/n) Σ 2 d dd: a scalar, one dot product.
+    """
+    pred, target = primals
+    dpred, dtarget = tangents
+    d = pred - target
+    return jnp.mean(d * d), (2 / d.size) * jnp.sum(d * (dpred - dtarget))
+
+
 def _validate_mse(pred, target):
     require_float("mse", "pred", pred)
     require_float("mse", "target", target)
@@ -58,7 +69,9 @@ def _sample_mse(key, dtype):
     return (_sample.normal(k1, shape, dtype), _sample.normal(k2, shape, dtype)), {}
 
 
-mse = register(Op("mse", mse_reference, mse_fwd, mse_bwd, _sample_mse, 2, _validate_mse))
+mse = register(
+    Op("mse", mse_reference, mse_fwd, mse_bwd, _sample_mse, 2, _validate_mse, jvp=mse_jvp)
+)
 
 
 # -- softmax_cross_entropy -----------------------------------------------------------------
@@ -114,6 +127,31 @@ def softmax_cross_entropy_bwd(res, g):
         return scale * dz, None
     dz = p * jnp.sum(labels, axis=-1, keepdims=True) - labels
     return scale * dz, -scale * logp
+
+
+def softmax_cross_entropy_jvp(primals, tangents):
+    """dL = (1/N) Σ_n [ (Σ_c q_nc) ⟨p_n, dz_n⟩ − ⟨q_n, dz_n⟩ − ⟨dq_n, log p_n⟩ ].
+
+    log p = z − lse(z) moves by d log p = dz − ⟨p, dz⟩ (see `log_softmax_jvp`), so with
+    L_n = −⟨q_n, log p_n⟩ the product rule gives dL_n = −⟨dq_n, log p_n⟩ − ⟨q_n, dz_n⟩ +
+    (Σ_c q_nc) ⟨p_n, dz_n⟩. Integer labels are a one-hot q (Σ_c q = 1, no tangent):
+    dL_n = ⟨p_n, dz_n⟩ − dz_n[y_n]. A row with an out-of-range label has a NaN loss that does
+    not depend on the logits: its tangent is 0 (the VJP's rule, read forwards).
+    """
+    logits, labels = primals
+    dlogits, dlabels = tangents
+    logp = log_softmax_reference(logits, -1)  # (..., C)
+    p = jnp.exp(logp)  # (..., C)
+    p_dz = jnp.sum(p * dlogits, axis=-1)  # (...)
+    loss = softmax_cross_entropy_reference(logits, labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        valid = _label_valid(labels, logits.shape[-1])  # (...)
+        picked = jnp.take_along_axis(dlogits, jnp.where(valid, labels, 0)[..., None], axis=-1)
+        dnll = jnp.where(valid, p_dz - picked[..., 0], jnp.zeros((), dlogits.dtype))  # (...)
+        return loss, jnp.mean(dnll)
+    total = jnp.sum(labels, axis=-1)  # (...)
+    dnll = total * p_dz - jnp.sum(labels * dlogits + dlabels * logp, axis=-1)  # (...)
+    return loss, jnp.mean(dnll)
 
 
 def _validate_sce(logits, labels):
@@ -173,6 +211,7 @@ softmax_cross_entropy = register(
         _sample_sce,
         2,
         _validate_sce,
+        jvp=softmax_cross_entropy_jvp,
     )
 )
 
@@ -203,6 +242,18 @@ def binary_cross_entropy_with_logits_bwd(res, g):
     return scale * (jax.nn.sigmoid(z) - t), -scale * z
 
 
+def binary_cross_entropy_with_logits_jvp(primals, tangents):
+    """dL = (1/n) Σ [(σ(z) − t) ⊙ dz − z ⊙ dt].
+
+    Per entry ℓ = max(z, 0) − z t + log(1 + e^{−|z|}): ∂ℓ/∂z = σ(z) − t on both sides of 0
+    (see the backward) and ∂ℓ/∂t = −z; the mean divides by n.
+    """
+    z, t = primals
+    dz, dt = tangents
+    loss = binary_cross_entropy_with_logits_reference(z, t)
+    return loss, jnp.mean((jax.nn.sigmoid(z) - t) * dz - z * dt)
+
+
 def _validate_bce(logits, targets):
     op = "binary_cross_entropy_with_logits"
     require_float(op, "logits", logits)
@@ -231,5 +282,6 @@ binary_cross_entropy_with_logits = register(
         _sample_bce,
         2,
         _validate_bce,
+        jvp=binary_cross_entropy_with_logits_jvp,
     )
 )

@@ -10,6 +10,13 @@ with the means over those same n entries; `layer_norm_bwd` derives it. ``batch_n
 (eval mode: running statistics are inputs, not functions of x) is a per-channel affine map with
 its own, simpler VJP.
 
+Forward mode shares one closed form too (`_normalise_jvp`, derived in `layer_norm_jvp`):
+
+    dx̂ = r (dx − mean(dx) − x̂ ⊙ mean(x̂ ⊙ dx)),   dy = γ ⊙ dx̂ + dγ ⊙ x̂ + dβ.
+
+The map dx ↦ dx̂ is the same as dx̂ ↦ dx in the backward: ∂x̂/∂x = r (I − 11ᵀ/n − x̂ x̂ᵀ/n) is
+symmetric, so forward and backward differ only in where γ enters.
+
 Residuals of the training-mode ops: (x, μ, r, γ). μ and r are small (one per row or channel); x
 is the op's input and is alive anyway (its producer or the caller holds it), whereas keeping x̂
 would add a new buffer the size of x. x̂ = (x − μ) r is recomputed in the backward: one
@@ -49,6 +56,24 @@ def _normalise_bwd(g, x, mean, rstd, gamma, axes):
     dgamma = jnp.sum(g * xhat, axis=lead)  # (D,)
     dbeta = jnp.sum(g, axis=lead)  # (D,)
     return dx, dgamma, dbeta
+
+
+def _normalise_jvp(x, gamma, beta, dx, dgamma, dbeta, eps, axes):
+    """Shared forward-mode closed form: returns (y, dy); means over ``axes`` (keepdims).
+
+    x, dx: (..., D); gamma, beta, dgamma, dbeta: (D,).
+    """
+    mean = jnp.mean(x, axis=axes, keepdims=True)  # keepdims shape of the statistics
+    var = jnp.mean((x - mean) ** 2, axis=axes, keepdims=True)
+    rstd = jax.lax.rsqrt(var + eps)
+    xhat = (x - mean) * rstd  # (..., D)
+    mean_dx = jnp.mean(dx, axis=axes, keepdims=True)
+    mean_xhat_dx = jnp.mean(xhat * dx, axis=axes, keepdims=True)
+    dxhat = rstd * (dx - mean_dx - xhat * mean_xhat_dx)  # (..., D)
+    n = x.ndim
+    y = xhat * _lift(gamma, n) + _lift(beta, n)
+    dy = dxhat * _lift(gamma, n) + xhat * _lift(dgamma, n) + _lift(dbeta, n)
+    return y, dy
 
 
 def _check_eps(op, eps):
@@ -114,6 +139,23 @@ def layer_norm_bwd(res, g, eps=1e-5):
     return _normalise_bwd(g, x, mean, rstd, gamma, axes=-1)
 
 
+def layer_norm_jvp(primals, tangents, eps=1e-5):
+    """dy = γ ⊙ dx̂ + dγ ⊙ x̂ + dβ,  dx̂ = r (dx − mean(dx) − x̂ ⊙ mean(x̂ ⊙ dx)).
+
+    Per row of D entries, with x̂ = (x − μ) r, r = (σ² + ε)^(−1/2), push a tangent dx through
+    each statistic (means over the last axis):
+      dμ  = mean(dx)
+      dσ² = (2/D) Σ_i (x_i − μ)(dx_i − dμ) = 2 mean((x − μ) ⊙ dx)     (Σ_i (x_i − μ) = 0)
+      dr  = −½ r³ dσ² = −r² mean(x̂ ⊙ dx)
+      dx̂  = r (dx − dμ) + (x − μ) dr = r (dx − mean(dx) − x̂ ⊙ mean(x̂ ⊙ dx))
+    and y = γ ⊙ x̂ + β is bilinear in (γ, x̂): dy = γ ⊙ dx̂ + dγ ⊙ x̂ + dβ. O(D) per row; the
+    D×D Jacobian r (I − 11ᵀ/D − x̂ x̂ᵀ/D) is symmetric, which is why dx̂ ↦ dx in the backward
+    is the same map.
+    """
+    (x, gamma, beta), (dx, dgamma, dbeta) = primals, tangents
+    return _normalise_jvp(x, gamma, beta, dx, dgamma, dbeta, eps, axes=-1)
+
+
 def _validate_layer_norm(x, gamma, beta, eps=1e-5):
     _check_affine("layer_norm", x, gamma, beta, 1, "(..., D)")
     _check_eps("layer_norm", eps)
@@ -150,6 +192,7 @@ layer_norm = register(
         _sample_layer_norm,
         3,
         _validate_layer_norm,
+        jvp=layer_norm_jvp,
     )
 )
 
@@ -210,6 +253,16 @@ def batch_norm_bwd(res, g, eps=1e-5):
     return _normalise_bwd(g, x, mean, rstd, gamma, axes=_batch_axes(x))
 
 
+def batch_norm_jvp(primals, tangents, eps=1e-5):
+    """dy = γ ⊙ dx̂ + dγ ⊙ x̂ + dβ,  dx̂ = r (dx − mean(dx) − x̂ ⊙ mean(x̂ ⊙ dx)).
+
+    The derivation of `layer_norm_jvp` with the statistics of each channel taken over its n
+    values (every axis but the last): dμ = mean(dx), dr = −r² mean(x̂ ⊙ dx) per channel.
+    """
+    (x, gamma, beta), (dx, dgamma, dbeta) = primals, tangents
+    return _normalise_jvp(x, gamma, beta, dx, dgamma, dbeta, eps, axes=_batch_axes(x))
+
+
 def _validate_batch_norm(x, gamma, beta, eps=1e-5):
     op = "batch_norm"
     _check_affine(op, x, gamma, beta, 2, "(batch..., C)")
@@ -239,6 +292,7 @@ batch_norm = register(
         _sample_batch_norm,
         3,
         _validate_batch_norm,
+        jvp=batch_norm_jvp,
     )
 )
 
@@ -284,6 +338,25 @@ def batch_norm_inference_bwd(res, g, eps=1e-5):
     return dx, dmean, dvar, dgamma, dbeta
 
 
+def batch_norm_inference_jvp(primals, tangents, eps=1e-5):
+    """dy = rγ ⊙ (dx − dm) − ½ r² γ ⊙ x̂ ⊙ dv + x̂ ⊙ dγ + dβ.
+
+    y = γ (x − m) r + β with r = (v + ε)^(−½) is a product of (x − m), r and γ: each factor's
+    tangent times the others. d(x − m) = dx − dm;  dr = −½ (v + ε)^(−3/2) dv = −½ r³ dv, so
+    γ (x − m) dr = −½ r² γ x̂ dv (x̂ = (x − m) r);  dγ multiplies x̂;  dβ adds. Per channel,
+    broadcast over the leading dims (the backward sums them back).
+    """
+    x, mean, var, gamma, beta = primals
+    dx, dmean, dvar, dgamma, dbeta = tangents
+    n = x.ndim
+    rstd = jax.lax.rsqrt(var + eps)  # (C,)
+    xhat = (x - _lift(mean, n)) * _lift(rstd, n)  # (..., C)
+    y = (x - _lift(mean, n)) * _lift(rstd * gamma, n) + _lift(beta, n)
+    dy = (dx - _lift(dmean, n)) * _lift(rstd * gamma, n)  # (..., C)
+    dy = dy + xhat * _lift(dgamma - 0.5 * rstd * rstd * gamma * dvar, n) + _lift(dbeta, n)
+    return y, dy
+
+
 def _validate_batch_norm_inference(x, mean, var, gamma, beta, eps=1e-5):
     op = "batch_norm_inference"
     require_float(op, "x", x)
@@ -315,5 +388,6 @@ batch_norm_inference = register(
         _sample_batch_norm_inference,
         5,
         _validate_batch_norm_inference,
+        jvp=batch_norm_inference_jvp,
     )
 )

@@ -156,6 +156,28 @@ def max_pool2d_bwd(res, g, window=2, stride=2):
     return (dx,)
 
 
+def max_pool2d_jvp(primals, tangents, window=2, stride=2):
+    """dY[n,i,j,c] = dX[n, SH·i + p*, SW·j + q*, c], (p*, q*) the first arg-max of window (i, j).
+
+    Away from ties the max of a window is one fixed entry, Y = X[at (p*, q*)], so it moves
+    with that entry's tangent alone: forward mode reads the tangent where the max is (a
+    selection of the WH·WW strided slices of dX), the backward sends g back to the same place.
+    Ties: the first maximum in row-major window order, as in the backward.
+    """
+    (x,), (dx,) = primals, tangents
+    window, stride = _config("max_pool2d", window, stride)
+    out = tuple(_out_size(s, k, st) for s, k, st in zip(x.shape[1:3], window, stride, strict=True))
+    offsets = _offsets(window)
+    patches = jnp.stack([_slice(x, p, q, out, stride) for p, q in offsets], axis=-1)
+    idx = jnp.argmax(patches, axis=-1)  # (N, HO, WO, C): k = p·WW + q of the first max
+    zero = jnp.zeros((), dx.dtype)
+    dy = None
+    for k, (p, q) in enumerate(offsets):
+        term = jnp.where(idx == k, _slice(dx, p, q, out, stride), zero)  # (N, HO, WO, C)
+        dy = term if dy is None else dy + term
+    return jnp.max(patches, axis=-1), dy
+
+
 # -- avg_pool2d -----------------------------------------------------------------------------
 def avg_pool2d_reference(x, window=2, stride=2):
     """x (N, H, W, C) -> (N, HO, WO, C).  Y[n,i,j,c] = mean_{p,q} X[n, SH·i + p, SW·j + q, c]."""
@@ -186,6 +208,13 @@ def avg_pool2d_bwd(res, g, window=2, stride=2):
         term = _unslice(share, p, q, size, stride)  # (N, H, W, C)
         dx = term if dx is None else dx + term
     return (dx,)
+
+
+def avg_pool2d_jvp(primals, tangents, window=2, stride=2):
+    """dY = avg_pool2d(dX): the map is linear with constant coefficients 1/(WH·WW), so its
+    JVP is the map itself, applied to the tangent (the backward is its transpose)."""
+    (x,), (dx,) = primals, tangents
+    return avg_pool2d_reference(x, window, stride), avg_pool2d_reference(dx, window, stride)
 
 
 # -- samplers -------------------------------------------------------------------------------
@@ -226,6 +255,7 @@ max_pool2d = register(
         _sample_max_pool2d,
         1,
         _validate("max_pool2d"),
+        jvp=max_pool2d_jvp,
     )
 )
 avg_pool2d = register(
@@ -237,5 +267,6 @@ avg_pool2d = register(
         _sample_avg_pool2d,
         1,
         _validate("avg_pool2d"),
+        jvp=avg_pool2d_jvp,
     )
 )

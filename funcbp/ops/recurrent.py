@@ -51,6 +51,15 @@ def _affine_bwd(x, h, wx, wh, dz):
     return dx, dh, dwx, dwh, db
 
 
+def _affine_jvp(x, h, wx, wh, dx, dh, dwx, dwh, db):
+    """JVP of z = x wx + h wh + b: dz = dx wx + x dwx + dh wh + h dwh + db (..., K).
+
+    The product rule on each of the two bilinear terms (the linear layer's JVP, twice).
+    """
+    dz = dx @ wx + x @ dwx + dh @ wh + h @ dwh  # (..., K)
+    return dz + _lift(db, dz.ndim)
+
+
 def _validate_cell(op, x, states, wx, wh, b, gates):
     """Shared checks: x (..., D); each state (..., H) with x's leading dims; wx (D, G·H),
     wh (H, G·H), b (G·H,) with G = ``gates`` (1 for the RNN, 4 for the LSTM); one float dtype."""
@@ -145,6 +154,18 @@ def rnn_cell_bwd(res, g):
     return _affine_bwd(x, h, wx, wh, dz)
 
 
+def rnn_cell_jvp(primals, tangents):
+    """dh' = (1 − h'²) ⊙ dz,  dz = dx wx + x dwx + dh wh + h dwh + db.
+
+    h' = tanh(z) is elementwise in z (tanh' = 1 − tanh²) and z is affine in each weight and
+    bilinear in (x, wx), (h, wh): the tangent of z is the product rule term by term.
+    """
+    x, h, wx, wh, b = primals
+    dz = _affine_jvp(x, h, wx, wh, *tangents)  # (..., H)
+    h_new = rnn_cell_reference(x, h, wx, wh, b)
+    return h_new, (1 - h_new * h_new) * dz
+
+
 def _validate_rnn_cell(x, h, wx, wh, b):
     _validate_cell("rnn_cell", x, {"h": h}, wx, wh, b, gates=1)
 
@@ -167,6 +188,7 @@ rnn_cell = register(
         _sample_rnn_cell,
         5,
         _validate_rnn_cell,
+        jvp=rnn_cell_jvp,
     )
 )
 
@@ -241,6 +263,28 @@ def lstm_cell_bwd(res, cot):
     return dx, dh, dc, dwx, dwh, db
 
 
+def lstm_cell_jvp(primals, tangents):
+    """Tangents (dx, dh, dc, dwx, dwh, db) -> ((h', c'), (dh', dc')).
+
+    z = x wx + h wh + b moves by dz = dx wx + x dwx + dh wh + h dwh + db, split into the
+    blocks of the gates i, f, o, g; each gate is elementwise in its own block:
+      di = i(1 − i) ⊙ dz_i;  df = f(1 − f) ⊙ dz_f;  do = o(1 − o) ⊙ dz_o;  dg = (1 − g²) ⊙ dz_g.
+    c' = f ⊙ c + i ⊙ g is bilinear in its factors:  dc' = df ⊙ c + f ⊙ dc + di ⊙ g + i ⊙ dg;
+    h' = o ⊙ tanh(c'):  dh' = do ⊙ tanh(c') + o ⊙ (1 − tanh²(c')) ⊙ dc'.
+    The backward runs the same graph in reverse (there dc' collects two paths; here dc' feeds
+    two terms).
+    """
+    x, h, c, wx, wh, b = primals
+    dx, dh, dc, dwx, dwh, db = tangents
+    (i, f, o, g), tanh_c, h_new, c_new = _lstm_forward(x, h, c, wx, wh, b)
+    dzi, dzf, dzo, dzg = _split_gates(_affine_jvp(x, h, wx, wh, dx, dh, dwx, dwh, db))
+    di, df, do = i * (1 - i) * dzi, f * (1 - f) * dzf, o * (1 - o) * dzo  # (..., H) each
+    dg = (1 - g * g) * dzg
+    dc_new = df * c + f * dc + di * g + i * dg  # (..., H)
+    dh_new = do * tanh_c + o * (1 - tanh_c * tanh_c) * dc_new  # (..., H)
+    return (h_new, c_new), (dh_new, dc_new)
+
+
 def _validate_lstm_cell(x, h, c, wx, wh, b):
     _validate_cell("lstm_cell", x, {"h": h, "c": c}, wx, wh, b, gates=4)
 
@@ -265,6 +309,7 @@ lstm_cell = register(
         _sample_lstm_cell,
         6,
         _validate_lstm_cell,
+        jvp=lstm_cell_jvp,
     )
 )
 

@@ -39,6 +39,18 @@ def softmax_bwd(res, g, axis=-1):
     return (y * (g - jnp.sum(g * y, axis=axis, keepdims=True)),)
 
 
+def softmax_jvp(primals, tangents, axis=-1):
+    """dy = y ⊙ (dx − ⟨y, dx⟩).
+
+    dy_i = Σ_j ∂y_i/∂x_j dx_j = Σ_j y_i (δ_ij − y_j) dx_j = y_i (dx_i − Σ_j y_j dx_j): the
+    Jacobian diag(y) − y yᵀ is symmetric, so forward and backward apply the same map (to dx,
+    resp. g). A constant shift of dx along ``axis`` gives dy = 0 (softmax is shift-invariant).
+    """
+    (x,), (dx,) = primals, tangents
+    y = softmax_reference(x, axis)
+    return y, y * (dx - jnp.sum(y * dx, axis=axis, keepdims=True))
+
+
 def log_softmax_reference(x, axis=-1):
     """x: any shape -> same.  y_i = x_i − log Σ_j e^{x_j} along ``axis``."""
     z = _shifted(x, axis)
@@ -58,6 +70,18 @@ def log_softmax_bwd(res, g, axis=-1):
     """
     (y,) = res
     return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
+
+
+def log_softmax_jvp(primals, tangents, axis=-1):
+    """dy = dx − ⟨p, dx⟩,  p = softmax(x) = e^{y}.
+
+    y_i = x_i − lse(x) and ∂lse/∂x_j = p_j, so dy_i = dx_i − Σ_j p_j dx_j: every entry of the
+    row moves by its own tangent minus one shared, p-weighted mean. (The Jacobian I − 1 pᵀ is
+    not symmetric; its transpose I − p 1ᵀ is the backward's dx = g − p Σ g.)
+    """
+    (x,), (dx,) = primals, tangents
+    y = log_softmax_reference(x, axis)
+    return y, dx - jnp.sum(jnp.exp(y) * dx, axis=axis, keepdims=True)
 
 
 def _validate(op):
@@ -89,6 +113,7 @@ softmax = register(
         _sample_softmax,
         1,
         _validate("softmax"),
+        jvp=softmax_jvp,
     )
 )
 log_softmax = register(
@@ -100,5 +125,6 @@ log_softmax = register(
         _sample_softmax,
         1,
         _validate("log_softmax"),
+        jvp=log_softmax_jvp,
     )
 )

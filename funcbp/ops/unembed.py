@@ -44,6 +44,16 @@ def unembed_bwd(res, g):
     return dx, dtable
 
 
+def unembed_jvp(primals, tangents):
+    """dlogits = dx Eᵀ + x dEᵀ: the product rule for logits_nv = Σ_d x_nd E_vd (bilinear).
+
+    Each term is a forward GEMM of the same shape as the op's own (..., V); the backward's
+    dx = g E and dE = gᵀ x are their transposes.
+    """
+    (x, table), (dx, dtable) = primals, tangents
+    return unembed_reference(x, table), dx @ table.T + x @ dtable.T  # (..., V)
+
+
 def _validate(x, table):
     op = "unembed"
     require_float(op, "x", x)
@@ -69,5 +79,14 @@ def _sample_unembed(key, dtype):
 
 
 unembed = register(
-    Op("unembed", unembed_reference, unembed_fwd, unembed_bwd, _sample_unembed, 2, _validate)
+    Op(
+        "unembed",
+        unembed_reference,
+        unembed_fwd,
+        unembed_bwd,
+        _sample_unembed,
+        2,
+        _validate,
+        jvp=unembed_jvp,
+    )
 )
