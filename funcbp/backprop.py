@@ -13,11 +13,12 @@ derivation as code:
    the stored (pre-update) weights;
 4. only then may an optimizer update all weights at once.
 
-Three *sources* of a gradient share the walk (one word for one concept, `SOURCES`):
-``"hand"`` runs each leaf's ``apply`` through the ops' `jax.custom_vjp` functions (`jax.grad`
-then calls the hand ``bwd`` rules), ``"autodiff"`` runs the ops' plain references (`jax.grad`
+The *sources* of a gradient share the walk (one word for one concept, `SOURCES`): ``"hand"``
+runs each leaf's ``apply`` through the ops' `jax.custom_vjp` functions (`jax.grad` then calls
+the hand ``bwd`` rules), ``"autodiff"`` runs the ops' plain references (`jax.grad`
 differentiates them), ``"explicit"`` runs each leaf's ``forward`` and keeps the tape for
-`walk_back` — no `jax.grad`, `jax.vjp` or custom_vjp machinery at all.
+`walk_back` — no `jax.grad`, `jax.vjp` or custom_vjp machinery at all — and ``"forward"`` runs
+the ops' `jax.custom_jvp` functions (their hand JVP rules: forward mode, Hessians).
 
 An optional *tap* observes the walk (the divergence report uses it): before a leaf runs
 (``tap.enter``, which may return perturbed params and input), after it (``tap.leave``, which
@@ -52,9 +53,11 @@ __all__ = [
     "walk_back",
 ]
 
-SOURCES = ("hand", "explicit", "autodiff")
-"""Where a gradient comes from: the hand VJPs under `jax.grad`, the explicit reverse pass, or
-`jax.grad` of the plain references (the ground truth)."""
+SOURCES = ("hand", "explicit", "autodiff", "forward")
+"""Where a gradient comes from: the hand VJPs under `jax.grad`, the explicit reverse pass,
+`jax.grad` of the plain references (the ground truth), or the hand JVPs (each op's
+`forward_mode`: `jax.jvp`, `jax.hessian` and forward-over-reverse run through hand rules only;
+`jax.grad` transposes them)."""
 
 Path = tuple[Hashable, ...]
 

@@ -173,18 +173,22 @@ class Op:
 
     def path(self, source: str, *, remat: bool = False, mode: str = "reverse") -> Callable:
         """The op for one gradient source: ``"hand"`` (the custom VJP), ``"autodiff"`` (the
-        validated reference, differentiated by `jax.grad` itself) or ``"explicit"`` (``fwd``
-        with its residuals dropped: the explicit engine's forward value).
+        validated reference, differentiated by `jax.grad` itself), ``"explicit"`` (``fwd``
+        with its residuals dropped: the explicit engine's forward value) or ``"forward"``
+        (`forward_mode`: the hand JVP; the same as ``"hand"`` with ``mode="forward"``).
 
         ``mode="reverse"`` (default): the hand path is the custom_vjp (``bwd``);
         ``mode="forward"``: the hand path is `forward_mode` (``jvp``), which JAX can also
         transpose to reverse mode. The autodiff path is the reference in both modes.
         ``remat=True``: the same, recomputing instead of saving — `remat` on the hand path,
         ``jax.checkpoint`` of the reference on the autodiff path (reverse mode only)."""
-        if source not in ("hand", "autodiff", "explicit"):
+        if source not in ("hand", "autodiff", "explicit", "forward"):
             raise ValueError(
-                f"{self.name}: source must be 'hand', 'autodiff' or 'explicit', got {source!r}"
+                f"{self.name}: source must be 'hand', 'autodiff', 'explicit' or 'forward', "
+                f"got {source!r}"
             )
+        if source == "forward":
+            source, mode = "hand", "forward"
         if mode not in ("reverse", "forward"):
             raise ValueError(f"{self.name}: mode must be 'reverse' or 'forward', got {mode!r}")
         if mode == "forward":

@@ -316,8 +316,10 @@ lstm_cell = register(
 
 # -- sequences -----------------------------------------------------------------------------
 def _check_sequence(name, xs, source):
-    if source not in ("hand", "autodiff", "explicit"):
-        raise ValueError(f"{name}: source must be 'hand', 'autodiff' or 'explicit', got {source!r}")
+    if source not in ("hand", "autodiff", "explicit", "forward"):
+        raise ValueError(
+            f"{name}: source must be 'hand', 'autodiff', 'explicit' or 'forward', got {source!r}"
+        )
     require_float(name, "xs", xs)
     require_ndim(name, "xs", xs, (2, None), "(T, ..., D), time-major")
 

@@ -330,7 +330,9 @@ def test_lstm_cell_bad_input(i, value, match):
 def test_sequence_bad_input():
     xs = jnp.zeros((5, 2, 3))
     x, h, wx, wh, b = _rnn_args()
-    with pytest.raises(ValueError, match="rnn: source must be 'hand', 'autodiff' or 'explicit'"):
+    with pytest.raises(
+        ValueError, match="rnn: source must be 'hand', 'autodiff', 'explicit' or 'forward'"
+    ):
         rnn(xs, h, wx, wh, b, source="manual")
     with pytest.raises(ValueError, match=r"rnn: xs must have at least 2 dims .*\(T, \.\.\., D\)"):
         rnn(jnp.zeros((3,)), h, wx, wh, b)
