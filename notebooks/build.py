@@ -1443,6 +1443,11 @@ def check_bounds(worst):
         """),
         code(r"""
         def attn_by_hand(q, k, v, do, causal=True):
+            # grouped heads (GQA): q (..., H, T, D), k, v (..., G, S, ·); query head h reads kv
+            # head h // (H/G), so k, v are repeated over each group and dK, dV summed back
+            r = q.shape[-3] // k.shape[-3] if q.ndim >= 3 else 1
+            g_shape = k.shape[:-3] + (k.shape[-3], r) + k.shape[-2:] if r > 1 else None
+            k, v = (jnp.repeat(a, r, axis=-3) if r > 1 else a for a in (k, v))
             t, s, d = q.shape[-2], k.shape[-2], q.shape[-1]
             z = jnp.einsum("...td,...sd->...ts", q, k) / np.sqrt(d)  # (..., T, S)
             if causal:
@@ -1456,6 +1461,9 @@ def check_bounds(worst):
             dz = p * (dp - (do * o).sum(axis=-1, keepdims=True))  # P ⊙ (dP − δ)
             dq = jnp.einsum("...ts,...sd->...td", dz, k) / np.sqrt(d)  # (..., T, D)
             dk = jnp.einsum("...ts,...td->...sd", dz, q) / np.sqrt(d)  # (..., S, D)
+            if r > 1:  # each kv head's gradient sums over the query heads that read it
+                dk = dk.reshape(g_shape).sum(axis=-3)
+                dv = dv.reshape(g_shape[:-1] + dv.shape[-1:]).sum(axis=-3)
             return o, (dq, dk, dv)
 
 

@@ -184,8 +184,9 @@ def test_forward_mode_validates_like_the_op(key):
 
 def test_path_rejects_bad_source_and_mode():
     op = REGISTRY["relu"]
-    with pytest.raises(ValueError, match="relu: source must be 'hand' or 'autodiff'"):
-        op.path("explicit")
+    with pytest.raises(ValueError, match="relu: source must be 'hand', 'autodiff', 'explicit'"):
+        op.path("numeric")
+    assert op.path("forward") == op.forward_mode
     with pytest.raises(ValueError, match="relu: mode must be 'reverse' or 'forward'"):
         op.path("hand", mode="both")
     with pytest.raises(ValueError, match="relu: remat=True applies to mode='reverse' only"):

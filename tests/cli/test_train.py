@@ -196,14 +196,14 @@ def test_one_example_at_the_relu_kink_is_explained_not_failed(tmp_path, capsys):
     assert "kink" in m["gradient_check"]["note"]
 
 
-def test_internal_errors_are_one_line(monkeypatch, capsys):
+def test_internal_errors_are_one_line(monkeypatch, capsys, tmp_path):
     from funcbp.cli import train as train_cmd
 
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
     monkeypatch.setattr(train_cmd, "gradient_check", boom)
-    assert cli.main(["train", *TINY, "--out", "/tmp/funcbp-never-written"]) == 1
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: kaboom" in err and "Traceback" not in err
 
