@@ -46,3 +46,24 @@ def perturb(params, key, scale=0.1):
 def tree_max_abs_diff(a, b) -> float:
     diffs = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b))
     return float(max(diffs)) if diffs else 0.0
+
+
+def op_seeds():
+    """Seeds for an op's sampler in property tests.
+
+    The default profile draws from a small shared pool (0, 1, 2): every registry-wide test of
+    an op then checks the same random samples, so a program one test compiles (the hand
+    gradient of ``op`` at a sampled shape) is loaded by the others from the persistent
+    compilation cache instead of compiled again. Each sample still has its own random shapes
+    (rank, sizes, batch dims). ``FUNCBP_HYPOTHESIS=deep`` draws any seed.
+    """
+    import os
+
+    from hypothesis import strategies as st
+
+    if os.environ.get("FUNCBP_HYPOTHESIS", "default") == "deep":
+        return st.integers(0, 2**31 - 1)
+    return st.sampled_from(SEED_POOL)
+
+
+SEED_POOL = (0, 1, 2)

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from funcbp import check
 from funcbp.ops import REGISTRY
+from tests.helpers import op_seeds
 
 NAMES = sorted(REGISTRY)
 SECOND_ORDER = [n for n in NAMES if REGISTRY[n].second_order]
@@ -45,7 +46,7 @@ FOUNDATION = {
     "binary_cross_entropy_with_logits",
 }
 
-SEEDS = st.integers(0, 2**31 - 1)
+SEEDS = op_seeds()  # a shared pool: see tests.helpers.op_seeds
 FEW = settings(max_examples=max(2, settings.default.max_examples // 2))
 """For the expensive properties: half the loaded profile's examples, at least 2 (100 deep)."""
 

@@ -15,6 +15,7 @@ tolerance per dtype (`TOLERANCE`; finite differences have their own, `FD_TOLERAN
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -211,10 +212,12 @@ def random_cotangent(key, out):
     )
 
 
-def _pairing(fn: Callable, static: dict, cotangent) -> Callable:
-    """``L(*arrays) = ⟨fn(*arrays, **static), u⟩``: its gradient is the VJP ``Jᵀ u``."""
+def _pairing(fn: Callable, static: dict) -> Callable:
+    """``L(*arrays, u) = ⟨fn(*arrays, **static), u⟩``: its gradient is the VJP ``Jᵀ u``. The
+    cotangent is an argument, not a constant: one compiled program serves every cotangent."""
 
-    def loss(*arrays):
+    def loss(*arrays_and_cotangent):
+        *arrays, cotangent = arrays_and_cotangent
         out = fn(*arrays, **static)
         leaves = jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(cotangent)
         pairs = zip(*leaves, strict=True)
@@ -242,6 +245,31 @@ def finite_difference_grad(f: Callable, args: Sequence, argnums: Sequence[int], 
     return tuple(grads)
 
 
+def _gradient_fn(op: Op, source: str, static: dict, argnums: tuple[int, ...]) -> Callable:
+    """``(arrays, cotangent) -> gradients of argnums`` for one source (un-jitted)."""
+    if source == "explicit":
+
+        def explicit(arrays, cotangent):
+            _, residuals = op.fwd(*arrays, **static)
+            grads = tuple(op.bwd(residuals, cotangent, **static))
+            return tuple(grads[i] for i in argnums)
+
+        return explicit
+    if source == "fd":
+        loss = _pairing(op.reference, static)
+        return lambda arrays, cot: finite_difference_grad(loss, (*arrays, cot), argnums)
+    loss = _pairing(op.hand if source == "hand" else op.autodiff, static)
+    grad = jax.grad(loss, argnums=argnums)
+    return lambda arrays, cot: grad(*arrays, cot)
+
+
+@functools.lru_cache(maxsize=1024)
+def _jitted(op: Op, source: str, static: tuple, argnums: tuple[int, ...]) -> Callable:
+    """The jitted `_gradient_fn`, built once per (op, source, static, argnums): checks of one op
+    at many seeds reuse its traces and executables wherever shapes coincide."""
+    return jax.jit(_gradient_fn(op, source, dict(static), argnums))
+
+
 def op_gradients(op: Op, arrays: Sequence, static: dict, cotangent, source: str, *, jit=True):
     """The VJP ``Jᵀu`` of ``op`` at ``arrays`` for cotangent ``u``, from one ``source``.
 
@@ -251,25 +279,15 @@ def op_gradients(op: Op, arrays: Sequence, static: dict, cotangent, source: str,
         raise ValueError(f"op_gradients: source must be one of {SOURCES}, got {source!r}")
     arrays = tuple(arrays)
     argnums = tuple(i for i, a in enumerate(arrays) if _is_float(a))
-    wrap = jax.jit if jit else (lambda f: f)
-    if source == "explicit":
-        if op.validate is not None:
-            op.validate(*arrays, **static)
-
-        def explicit(*a):
-            _, residuals = op.fwd(*a, **static)
-            return tuple(op.bwd(residuals, cotangent, **static))
-
-        grads = wrap(explicit)(*arrays)
-        return tuple(g if i in argnums else None for i, g in enumerate(grads))
+    if source == "explicit" and op.validate is not None:
+        op.validate(*arrays, **static)
     if source == "fd":
         require_x64()
-        loss = _pairing(op.reference, static, cotangent)
-        found = iter(wrap(lambda *a: finite_difference_grad(loss, a, argnums))(*arrays))
+    if jit:
+        fn = _jitted(op, source, tuple(sorted(static.items())), argnums)
     else:
-        fn = op.hand if source == "hand" else op.autodiff
-        loss = _pairing(fn, static, cotangent)
-        found = iter(wrap(jax.grad(loss, argnums=argnums))(*arrays))
+        fn = _gradient_fn(op, source, static, argnums)
+    found = iter(fn(arrays, cotangent))
     return tuple(next(found) if i in argnums else None for i in range(len(arrays)))
 
 

@@ -170,11 +170,48 @@ def check_model(name: str, *, seed: int = 0, batch: int = 32, print_fn=None) -> 
     return code
 
 
+def _compile_cheaply(cache: bool) -> None:
+    """Checks run tiny programs many times over: compile them with XLA's backend optimisations
+    off (same HLO passes, less machine-code work) and keep them in JAX's persistent compilation
+    cache (``$FUNCBP_CACHE`` or ``~/.cache/funcbp/jax``), so a second ``funcbp check`` — after
+    editing one op, say — recompiles only what changed."""
+    import os
+    from pathlib import Path
+
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    if not cache:
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    folder = os.environ.get("FUNCBP_CACHE") or str(Path(base) / "funcbp" / "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _forward_table(reports, seeds: int):
+    table = _table(
+        f"funcbp check --forward: hand JVP vs jax.jvp, and ⟨JVP t, c⟩ = ⟨t, VJP c⟩ "
+        f"(worst of {seeds} draws)",
+        ("op", "dtype", "check", "rel error", "tol", "", "worst input"),
+        ("rel error", "tol"),
+    )
+    for r in reports:
+        table.add_row(
+            r.name, r.dtype, r.b, f"{r.worst_rel:.2e}", f"{r.tol:.0e}", _mark(r.ok), r.detail
+        )
+    return table
+
+
 def run_check(args) -> int:
     """The check command (see the module doc)."""
     import jax
 
     jax.config.update("jax_enable_x64", True)  # float64 rows need it; float32 rows are unaffected
+    _compile_cheaply(cache=not args.no_cache)
+    if args.deep:
+        args.seeds = max(args.seeds, 20)
     if args.seeds < 1:
         return fail(f"funcbp check: --seeds must be >= 1, got {args.seeds}")
     if args.model:
@@ -200,6 +237,12 @@ def run_check(args) -> int:
 
     reports = check.check_registry(("float32", "float64"), range(args.seeds), ops)
     out.print(_op_table(reports, args.seeds))
+    if args.forward:
+        from funcbp.check.jvp import check_jvp_registry
+
+        forward = check_jvp_registry(("float32", "float64"), range(args.seeds), ops)
+        out.print(_forward_table(forward, args.seeds))
+        reports += forward
     failed = [r for r in reports if not r.ok]
     out.print(f"{len(reports) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0

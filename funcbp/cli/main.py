@@ -17,6 +17,21 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", nargs="*", help="only these ops (default: the whole registry)")
     p.add_argument("--seeds", type=int, default=3, help="random draws per op and dtype")
     p.add_argument(
+        "--deep", action="store_true", help="at least 20 random draws per op and dtype (default: 3)"
+    )
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="also the hand JVPs: vs jax.jvp of the reference (f32, f64) and the "
+        "transpose identity with the hand VJP (f64), and jacfwd vs jacrev",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile everything afresh (default: JAX's persistent compilation "
+        "cache in $FUNCBP_CACHE or ~/.cache/funcbp/jax)",
+    )
+    p.add_argument(
         "--model",
         choices=sorted(TASKS),
         default=None,

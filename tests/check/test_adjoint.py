@@ -17,15 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import funcbp.nn  # noqa: F401  (registers the ops defined next to their layers)
 from funcbp import check
 from funcbp.check import mutate
 from funcbp.ops import REGISTRY
+from tests.helpers import op_seeds
 
 NAMES = sorted(REGISTRY)
-SEEDS = st.integers(0, 2**31 - 1)
+SEEDS = op_seeds()  # a shared pool: see tests.helpers.op_seeds
 ONE = settings(max_examples=max(1, settings.default.max_examples // 6))
 """One random draw per op by default (tests/test_registry.py runs a dot-product test on more);
 33 under the deep profile."""

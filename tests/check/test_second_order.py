@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import funcbp.nn  # noqa: F401  (registers the ops defined next to their layers)
@@ -31,9 +30,10 @@ from funcbp import backprop, check, nn, ops
 from funcbp.check import mutate
 from funcbp.ops import REGISTRY
 from funcbp.training import make_loss_fn
+from tests.helpers import op_seeds
 
 SECOND_ORDER = sorted(n for n, op in REGISTRY.items() if op.second_order)
-SEEDS = st.integers(0, 2**31 - 1)
+SEEDS = op_seeds()  # a shared pool: see tests.helpers.op_seeds
 ONE = settings(max_examples=max(1, settings.default.max_examples // 6))
 """One random draw per op by default (Hessians compile slowly); 33 under the deep profile."""
 RTOL = 1e-8
