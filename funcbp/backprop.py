@@ -165,13 +165,16 @@ def loss_and_grad(model, loss_op: Op, params, state, x, y, *, key=None, train=Tr
     """``((loss, (new_state, outputs)), grads)`` by the explicit reverse pass.
 
     The same contract as ``jax.value_and_grad(loss_fn, has_aux=True)``: the loss is
-    ``loss_op(model(x), y)`` and ``grads`` has the structure of ``params``.
+    ``loss_op(model(x), y)`` (``loss_op(*model(x), y)`` for a tuple output) and ``grads`` has
+    the structure of ``params``.
     """
     out, new_state, tape = run_layer(
         model, params, state, x, key=key, train=train, source="explicit", tap=tap
     )
-    loss, loss_residuals = loss_op.fwd(out, y)
+    outs = out if isinstance(out, tuple) else (out,)  # a tuple output: loss(*out, y)
+    loss, loss_residuals = loss_op.fwd(*outs, y)
     seed = jnp.ones((), loss.dtype)  # dE/dE = 1
-    dout = loss_op.bwd(loss_residuals, seed)[0]
+    grads = tuple(loss_op.bwd(loss_residuals, seed))
+    dout = grads[: len(outs)] if isinstance(out, tuple) else grads[0]
     grads, _ = backward_layer(model, params, tape, dout, tap=tap)
     return (loss, (new_state, out)), grads

@@ -38,6 +38,7 @@ from funcbp.backprop import backward_layer, path_str, run_layer
 from funcbp.check.gradients import compare
 from funcbp.check.model import MODEL_TOLERANCE
 from funcbp.nn.core import Layer
+from funcbp.training.step import apply_loss
 
 __all__ = ["Divergence", "DivergenceReport", "Row", "divergence_report"]
 
@@ -199,7 +200,7 @@ def _autodiff_side(model, loss, train, source):
             out, _, _ = run_layer(
                 model, params, state, x, key=key, train=train, source=source, tap=_Perturb(eps)
             )
-            return loss.path(source)(out + eps_out, y)
+            return apply_loss(loss.path(source), jax.tree.map(jnp.add, out, eps_out), y)
 
         return jax.value_and_grad(objective, argnums=(0, 1))(eps, eps_out)
 
@@ -214,8 +215,10 @@ def _explicit_side(model, loss, train):
         out, _, tape = run_layer(
             model, params, state, x, key=key, train=train, source="explicit", tap=tap
         )
-        value, res = loss.fwd(out, y)
-        dout = loss.bwd(res, jnp.ones((), value.dtype))[0]
+        outs = out if isinstance(out, tuple) else (out,)
+        value, res = loss.fwd(*outs, y)
+        grads = tuple(loss.bwd(res, jnp.ones((), value.dtype)))
+        dout = grads[: len(outs)] if isinstance(out, tuple) else grads[0]
         backward_layer(model, params, tape, dout, tap=tap)
         return value, tap.seen, dout
 
@@ -295,7 +298,7 @@ def divergence_report(
     dtype_name = jnp.dtype(leaves[0].dtype if leaves else x.dtype).name
     tol = MODEL_TOLERANCE[dtype_name] if tol is None else tol
     shapes, out = _record_leaves(model, params, state, x, key, train)
-    eps_out = jnp.zeros(out.shape, out.dtype)
+    eps_out = jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out)
     value, (true, true_dout) = jax.jit(_autodiff_side(model, loss, train, "autodiff"))(
         params, state, x, y, key, shapes.zeros(), eps_out
     )
@@ -310,7 +313,7 @@ def divergence_report(
         )
         seen = {k: (g["y"], (g["p"], g["x"]), None) for k, g in got.items()}
     err_dout = _err(dout, true_dout, tol)[0]
-    norm = float(jnp.linalg.norm(true_dout))
+    norm = float(np.sqrt(sum(np.sum(np.square(d)) for d in jax.tree.leaves(true_dout))))
     loss_row = Row(len(shapes.leaves), loss.name, None, None, err_dout, None, None, tol,
                    dx_norm=norm, path="loss")  # fmt: skip
     rows = (loss_row, *_rows(shapes.leaves, true, seen, tol))

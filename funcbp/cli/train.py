@@ -47,7 +47,7 @@ def gradient_check(run, params, state) -> tuple[bool, dict]:
 
     n, key = run.options["check_batch"], jax.random.key(run.options["seed"])
     x, y = run.data.x_train[:n], run.data.y_train[:n]
-    kw = dict(loss=run.task.loss, name=run.task.name, key=key)
+    kw = dict(loss=run.task.loss_for(run.options), name=run.task.name, key=key)
     reports = check.check_model(run.model, params, state, x, y, **kw)
     _check_lines(reports)
     if all(r.ok for r in reports):

@@ -20,6 +20,7 @@ from funcbp.nn.core import leaf as leaf
 from funcbp.nn.core import op_layer as op_layer
 from funcbp.nn.dropout import Dropout as Dropout
 from funcbp.nn.embedding import Embedding as Embedding
+from funcbp.nn.embedding import HeadInputs as HeadInputs
 from funcbp.nn.embedding import PositionEmbedding as PositionEmbedding
 from funcbp.nn.embedding import Unembed as Unembed
 from funcbp.nn.layers import Dense as Dense
@@ -64,6 +65,7 @@ __all__ = [
     "Embedding",
     "PositionEmbedding",
     "Unembed",
+    "HeadInputs",
     "SplitHeads",
     "MergeHeads",
     "Attention",

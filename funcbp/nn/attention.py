@@ -20,6 +20,7 @@ from funcbp.nn.combinators import serial
 from funcbp.nn.core import Layer, leaf, op_layer
 from funcbp.nn.layers import Dense
 from funcbp.ops.attention import attention
+from funcbp.ops.flash_attention import flash_attention
 
 __all__ = ["Attention", "MergeHeads", "MultiHeadAttention", "SplitHeads"]
 
@@ -101,14 +102,24 @@ def MergeHeads() -> Layer:
     return leaf("merge_heads", init, apply, forward, backward)
 
 
-def Attention(*, causal: bool = True) -> Layer:
-    """``(q, k, v) -> o``: scaled dot-product attention per head by `funcbp.ops.attention`
-    (hand VJP keeping only the row log-sum-exp); ``dx = (dq, dk, dv)``."""
+KINDS = ("dense", "flash")
+
+
+def Attention(*, causal: bool = True, kind: str = "dense", block_size: int = 128) -> Layer:
+    """``(q, k, v) -> o``: scaled dot-product attention per head (grouped heads allowed);
+    ``dx = (dq, dk, dv)``. ``kind="dense"``: `funcbp.ops.attention` (hand VJP keeping only the
+    row log-sum-exp, T × S blocks in the backward); ``"flash"``: `funcbp.ops.flash_attention`
+    (blockwise in ``block_size`` rows and keys, no T × S buffer: long contexts)."""
+    if kind not in KINDS:
+        raise ValueError(f"Attention: kind must be one of {KINDS}, got {kind!r}")
 
     def init(key, input_shape, dtype):
         q_shape, _, v_shape = input_shape
         return (*q_shape[:-1], v_shape[-1]), {}
 
+    if kind == "flash":
+        static = {"causal": causal, "block_size": block_size}
+        return op_layer("flash_attention", flash_attention, init, (), static, inputs=3)
     return op_layer("attention", attention, init, (), {"causal": causal}, inputs=3)
 
 

@@ -4,6 +4,8 @@
 * `PositionEmbedding` — adds row ``t`` of a learned table to position ``t`` of (N, T, W).
 * `Unembed` — (..., W) -> logits (..., V) = x Eᵀ (`funcbp.ops.unembed`); tied to a token table
   with `funcbp.nn.tie`.
+* `HeadInputs` — (..., W) -> ``(x, E)``: the head's input and table handed on to a fused loss
+  (`funcbp.ops.unembed_cross_entropy`) that never forms the (..., V) logits.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from funcbp.nn.core import Layer, leaf, op_layer
 from funcbp.ops.embedding import embedding
 from funcbp.ops.unembed import unembed
 
-__all__ = ["Embedding", "PositionEmbedding", "Unembed"]
+__all__ = ["Embedding", "HeadInputs", "PositionEmbedding", "Unembed"]
 
 
 def _positive(where: str, **values) -> None:
@@ -92,3 +94,26 @@ def Unembed(vocab: int, dim: int, *, init=None) -> Layer:
         return (*input_shape[:-1], vocab), {"table": init(key, (vocab, dim), dtype)}
 
     return op_layer(f"unembed{vocab}", unembed, init_fn, ("table",))
+
+
+def HeadInputs(vocab: int, dim: int, *, init=None) -> Layer:
+    """x (..., dim) -> ``(x, table)``: a head whose logits ``x Eᵀ`` are left to the loss
+    (`funcbp.ops.unembed_cross_entropy`, chunked), params ``{"table": (vocab, dim)}`` (tie it to
+    the token table with `funcbp.nn.tie`). Backward: ``(dx, dE) -> ({"table": dE}, dx)``."""
+    _positive("HeadInputs", vocab=vocab, dim=dim)
+    init = initializers.check(init or initializers.normal(0.02), "HeadInputs: init")
+
+    def init_fn(key, input_shape, dtype):
+        return (tuple(input_shape), (vocab, dim)), {"table": init(key, (vocab, dim), dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False, source="hand"):
+        return (x, params["table"]), state
+
+    def forward(params, state, x, *, key=None, train=False):
+        return (x, params["table"]), state, None
+
+    def backward(params, residuals, dy):
+        dx, dtable = dy
+        return {"table": dtable}, dx
+
+    return leaf(f"head_inputs{vocab}", init_fn, apply, forward, backward)

@@ -60,15 +60,17 @@ import math
 import numpy as np
 
 from funcbp.nn import init as initializers
-from funcbp.nn.attention import Attention, MergeHeads, SplitHeads
+from funcbp.nn.attention import KINDS, Attention, MergeHeads, SplitHeads
 from funcbp.nn.combinators import residual, serial, tie
 from funcbp.nn.core import Layer
-from funcbp.nn.embedding import Embedding, PositionEmbedding, Unembed
+from funcbp.nn.embedding import Embedding, HeadInputs, PositionEmbedding, Unembed
 from funcbp.nn.layers import Dense, Gelu
 from funcbp.nn.norm import LayerNorm
 from funcbp.nn.remat import POLICIES, remat_segments
 
-__all__ = ["GPTConfig", "block", "from_hf", "gpt", "to_hf"]
+__all__ = ["HEADS", "GPTConfig", "block", "from_hf", "gpt", "to_hf"]
+
+HEADS = ("full", "chunked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,11 @@ class GPTConfig:
     residual stream's size W; mlp_ratio: the MLP's hidden size is ``mlp_ratio · width``; eps:
     the layer norms' ε; remat: blocks per rematerialised segment (`funcbp.nn.remat_segments`:
     1 recomputes each block's insides on the backward pass instead of keeping them; 0 keeps
-    everything); remat_policy: what a segment may still save (`funcbp.nn.remat.POLICIES`).
+    everything); remat_policy: what a segment may still save (`funcbp.nn.remat.POLICIES`);
+    attention: ``"dense"`` or ``"flash"`` (`funcbp.nn.Attention`; blockwise in ``block_size``,
+    for long contexts); head: ``"full"`` (the model outputs logits) or ``"chunked"`` (it
+    outputs ``(h, E)`` for the fused, chunked loss `funcbp.ops.unembed_cross_entropy`: large
+    vocabularies).
     """
 
     vocab: int
@@ -92,6 +98,9 @@ class GPTConfig:
     eps: float = 1e-5
     remat: int = 0
     remat_policy: str = "nothing_saveable"
+    attention: str = "dense"
+    block_size: int = 128
+    head: str = "full"
 
     def __post_init__(self):
         for name in ("vocab", "context", "layers", "heads", "width", "mlp_ratio"):
@@ -106,6 +115,18 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: eps must be a number >= 0, got {self.eps!r}")
         if isinstance(self.remat, bool) or not isinstance(self.remat, int) or self.remat < 0:
             raise ValueError(f"GPTConfig: remat must be an int >= 0, got {self.remat!r}")
+        if self.attention not in KINDS:
+            raise ValueError(f"GPTConfig: attention must be one of {KINDS}, got {self.attention!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"GPTConfig: head must be one of {HEADS}, got {self.head!r}")
+        if (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or (self.block_size < 1)
+        ):
+            raise ValueError(
+                f"GPTConfig: block_size must be a positive int, got {self.block_size!r}"
+            )
         if self.remat_policy not in POLICIES:
             raise ValueError(
                 f"GPTConfig: remat_policy must be one of {sorted(POLICIES)}, got "
@@ -131,7 +152,7 @@ def block(config: GPTConfig) -> Layer:
         ln=LayerNorm(eps),
         qkv=Dense(3 * w, init=weights),  # (N, T, 3W): columns [q | k | v]
         heads=SplitHeads(config.heads, 3),  # 3 × (N, H, T, Dh)
-        attention=Attention(causal=True),  # (N, H, T, Dh)
+        attention=Attention(causal=True, kind=config.attention, block_size=config.block_size),
         merge=MergeHeads(),  # (N, T, W)
         proj=Dense(w, init=writers),
         name="attn",
@@ -162,7 +183,7 @@ def gpt(config: GPTConfig) -> Layer:
         pos=PositionEmbedding(config.context, config.width),  # + P[0..T)
         blocks=blocks,
         ln_f=LayerNorm(config.eps),
-        head=Unembed(config.vocab, config.width),  # (N, T, V)
+        head=(Unembed if config.head == "full" else HeadInputs)(config.vocab, config.width),
         name=name,
     )
     return tie(body, shared=("head", "table"), to=("tok", "table"), name=name)

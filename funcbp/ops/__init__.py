@@ -39,6 +39,7 @@ from funcbp.ops.recurrent import rnn_cell as rnn_cell
 from funcbp.ops.softmax import log_softmax as log_softmax
 from funcbp.ops.softmax import softmax as softmax
 from funcbp.ops.unembed import unembed as unembed
+from funcbp.ops.unembed_cross_entropy import unembed_cross_entropy as unembed_cross_entropy
 
 __all__ = [
     "REGISTRY",
@@ -69,6 +70,7 @@ __all__ = [
     "dropout",
     "embedding",
     "unembed",
+    "unembed_cross_entropy",
     "conv2d",
     "max_pool2d",
     "avg_pool2d",

@@ -18,9 +18,10 @@ import numpy as np
 from funcbp import ops
 from funcbp.data import addition
 from funcbp.data.addition import answer_length, encode, encode_prompts, prompt_length
-from funcbp.nn.gpt import GPTConfig, gpt
+from funcbp.nn.attention import KINDS
+from funcbp.nn.gpt import HEADS, GPTConfig, gpt
 from funcbp.tasks.base import Task
-from funcbp.tasks.lm import greedy_decode
+from funcbp.tasks.lm import greedy_decode, logits
 from funcbp.tasks.options import Option
 
 __all__ = ["GPT", "exact_match", "token_accuracy"]
@@ -67,7 +68,7 @@ def token_accuracy(model, params, state, x, y, digits: int, *, batch_size: int =
     hi = lo + answer_length(digits)
     size = min(batch_size, len(x))
     hits_all = hits_ans = 0
-    fn = jax.jit(lambda p, s, xb: jnp.argmax(model.apply(p, s, xb)[0], axis=-1))
+    fn = jax.jit(lambda p, s, xb: jnp.argmax(logits(model.apply(p, s, xb)[0]), axis=-1))
     for s, e in _batches(len(x), size):
         pred = np.asarray(fn(params, state, _pad_rows(x[s:e], size)))[: e - s]
         ok = pred == y[s:e]
@@ -97,7 +98,8 @@ def _model(opts, info):
     config = GPTConfig(
         vocab=info["vocab"], context=info["context"], layers=opts["layers"], heads=opts["heads"],
         width=opts["width"], mlp_ratio=opts["mlp_ratio"], remat=opts["remat"],
-        remat_policy=opts["remat_policy"],
+        remat_policy=opts["remat_policy"], attention=opts["attention"],
+        block_size=opts["block_size"], head=opts["head"],
     )  # fmt: skip
     return gpt(config), dataclasses.asdict(config)
 
@@ -150,6 +152,18 @@ GPT = Task(
         Option("width", int, 64, "residual stream width", minimum=1),
         Option("heads", int, 4, "attention heads (must divide --width)", minimum=1),
         Option("mlp_ratio", int, 4, "MLP width / width", minimum=1),
+        Option(
+            "attention", str, "dense", "dense, or flash: blockwise (no T × S buffer)", choices=KINDS
+        ),
+        Option("block_size", int, 128, "rows and keys per block of flash attention", minimum=1),
+        Option(
+            "head",
+            str,
+            "full",
+            "full logits, or chunked: the tied head fused with the "
+            "loss, chunk by chunk (no N × V logits)",
+            choices=HEADS,
+        ),
     ),
     defaults={
         "epochs": 40,
@@ -168,6 +182,9 @@ GPT = Task(
     build_model=_model,
     loss=ops.softmax_cross_entropy,
     evaluate=_evaluate,
+    choose_loss=lambda opts: (
+        ops.unembed_cross_entropy if opts["head"] == "chunked" else ops.softmax_cross_entropy
+    ),
     generate=_generate,
     labels={
         "test": "held-out",

@@ -10,7 +10,8 @@ A `Task` is data plus functions of its resolved options (a dict, `funcbp.tasks.o
 * ``loss``: the loss op; ``evaluate(model, params, state, data, opts) -> dict`` extra metrics
   after training (optional); ``generate(model, params, state, opts, info, prompts) -> list[str]``
   (optional); ``labels``: the curves' axis labels; ``betas``: Adam's β for this task;
-  ``log_loss``: plot the loss on a log axis.
+  ``log_loss``: plot the loss on a log axis; ``choose_loss(opts)``: a loss that depends on the
+  options (a fused head's loss), else ``loss``.
 
 One run path (`funcbp.tasks.run`) serves every task with no branch on its name.
 """
@@ -44,3 +45,8 @@ class Task:
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     betas: tuple[float, float] = (0.9, 0.999)
     log_loss: bool = True
+    choose_loss: Callable[[dict], Op] | None = None
+
+    def loss_for(self, opts: dict) -> Op:
+        """The loss op for these options (``choose_loss``, else ``loss``)."""
+        return self.choose_loss(opts) if self.choose_loss is not None else self.loss

@@ -7,7 +7,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["greedy_decode"]
+__all__ = ["greedy_decode", "logits"]
+
+
+def logits(out):
+    """A language model's logits (..., V): its output, or ``x Eᵀ`` from a fused head's
+    ``(x, E)`` (`funcbp.nn.HeadInputs`; decoding needs a few positions' logits only)."""
+    if isinstance(out, tuple):
+        x, table = out
+        return jnp.einsum("...d,vd->...v", x, table)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n_new"))
@@ -18,8 +27,10 @@ def _decode(model, params, state, prompts, n_new):
     def step(i, buf):
         # Causal attention: positions after P + i − 1 (still zeros) do not affect its logits,
         # so the whole fixed-size buffer is fed each step and one shape compiles once.
-        logits, _ = model.apply(params, state, buf[:, :-1], key=None, train=False)
-        last = jax.lax.dynamic_index_in_dim(logits, p - 1 + i, axis=1, keepdims=False)  # (N, V)
+        out, _ = model.apply(params, state, buf[:, :-1], key=None, train=False)
+        h = out[0] if isinstance(out, tuple) else out
+        last = jax.lax.dynamic_index_in_dim(h, p - 1 + i, axis=1, keepdims=False)  # (N, ·)
+        last = logits((last, out[1]) if isinstance(out, tuple) else last)  # (N, V)
         nxt = jnp.argmax(last, axis=-1).astype(buf.dtype)  # (N,)
         return jax.lax.dynamic_update_index_in_dim(buf, nxt[:, None], p + i, axis=1)
 

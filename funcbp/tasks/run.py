@@ -157,10 +157,10 @@ def prepare(task: Task, given: dict[str, Any], *, readers=None) -> Run:
 
 def train(run: Run, events: Events | None = None) -> FitResult:
     """Train the prepared run (`funcbp.training.loop`), checkpointing into its folder."""
+    loss = run.task.loss_for(run.options)
     return fit(
         run.model, run.data, run.optimizer, run.fit_config,
-        loss=run.task.loss, out_dir=run.out, resume=run.options["resume"], mesh=run.mesh,
-        events=events,
+        loss=loss, out_dir=run.out, resume=run.options["resume"], mesh=run.mesh, events=events,
     )  # fmt: skip
 
 

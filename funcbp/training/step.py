@@ -20,7 +20,20 @@ from funcbp.nn.core import Layer
 from funcbp.ops import Op
 from funcbp.training.guard import guard
 
-__all__ = ["accuracy", "make_eval_fn", "make_loss_fn", "make_multi_step", "make_train_step"]
+__all__ = [
+    "accuracy",
+    "apply_loss",
+    "make_eval_fn",
+    "make_loss_fn",
+    "make_multi_step",
+    "make_train_step",
+]
+
+
+def apply_loss(loss_path, out, y):
+    """``loss(out, y)``; a model whose output is a tuple (a head that hands its input and its
+    table to a fused loss, e.g. `funcbp.ops.unembed_cross_entropy`) gives ``loss(*out, y)``."""
+    return loss_path(*out, y) if isinstance(out, tuple) else loss_path(out, y)
 
 
 def make_loss_fn(model: Layer, loss: Op = ops.softmax_cross_entropy, *, source="hand"):
@@ -30,13 +43,16 @@ def make_loss_fn(model: Layer, loss: Op = ops.softmax_cross_entropy, *, source="
 
     def loss_fn(params, state, x, y, key=None, train=True):
         out, new_state = model.apply(params, state, x, key=key, train=train, source=source)
-        return loss_path(out, y), (new_state, out)
+        return apply_loss(loss_path, out, y), (new_state, out)
 
     return loss_fn
 
 
 def accuracy(out, y):
-    """Mean ``argmax(out) == y`` for integer labels (NaN for other targets)."""
+    """Mean ``argmax(out) == y`` for integer labels (NaN for other targets, and for a tuple
+    output, whose logits are never formed)."""
+    if isinstance(out, tuple):
+        return jnp.array(jnp.nan, jnp.float32)
     if jnp.issubdtype(y.dtype, jnp.integer) and out.ndim == y.ndim + 1:
         return jnp.mean(jnp.argmax(out, axis=-1) == y)
     return jnp.array(jnp.nan, jnp.float32)
@@ -126,6 +142,6 @@ def make_eval_fn(model: Layer, loss: Op = ops.softmax_cross_entropy, *, jit: boo
 
     def eval_fn(params, state, x, y):
         out, _ = model.apply(params, state, x, key=None, train=False, source="hand")
-        return {"loss": loss(out, y), "accuracy": accuracy(out, y)}
+        return {"loss": apply_loss(loss, out, y), "accuracy": accuracy(out, y)}
 
     return jax.jit(eval_fn) if jit else eval_fn

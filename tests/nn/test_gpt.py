@@ -278,3 +278,22 @@ def test_unembed_values_and_errors(key):
         ops.unembed(x, jnp.ones(4))
     with pytest.raises(TypeError, match="unembed: arrays must share one dtype"):
         ops.unembed(x.astype(jnp.float32), table)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"attention": "flash", "block_size": 4}, {"head": "chunked", "attention": "flash"}]
+)
+def test_long_context_options_keep_every_gradient(kw, key):
+    """Blockwise attention (ragged blocks: T = 5, block 4) and the chunked tied head give the
+    same gradients three ways; the chunked head outputs (h, E) for its fused loss."""
+    config = GPTConfig(vocab=7, context=6, layers=1, heads=2, width=8, **kw)
+    model, params, state, x, y = _setup(key, config)
+    loss = ops.unembed_cross_entropy if config.head == "chunked" else ops.softmax_cross_entropy
+    for r in check.check_model(model, params, state, x, y, loss=loss, dtypes=("float64",)):
+        assert r.ok and r.worst_rel < 1e-9, str(r)
+    out, _ = model.apply(params, state, x)
+    if config.head == "chunked":
+        h, table = out
+        assert h.shape == (3, 5, 8) and table is params["tok"]["table"]
+    with pytest.raises(ValueError, match="attention must be one of"):
+        GPTConfig(vocab=7, context=6, attention="sparse")

@@ -51,7 +51,8 @@ def test_gpt_run_writes_metrics_record_plot_and_checkpoint(run):
     assert record["format"] == "funcbp-run-1" and record["task"] == "gpt"
     assert record["model"] == {
         "vocab": 13, "context": 9, "layers": 1, "heads": 2, "width": 8, "mlp_ratio": 4,
-        "eps": 1e-5, "remat": 0, "remat_policy": "nothing_saveable",
+        "eps": 1e-5, "remat": 0, "remat_policy": "nothing_saveable", "attention": "dense",
+        "block_size": 128, "head": "full",
     }  # fmt: skip
     assert record["data"]["digits"] == 2 and record["optimizer"]["total_steps"] == 8
     assert record["optimizer"]["name"] == "adamw" and record["optimizer"]["b2"] == 0.98
@@ -118,3 +119,14 @@ def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys, ex
     assert cli.main(["train", "--model", "gpt", "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_flash_attention_and_chunked_head_train_and_generate(tmp_path, capsys):
+    out = tmp_path / "flash"
+    args = ["train", *TINY, "--epochs", "1", "--attention", "flash", "--block-size", "4",
+            "--head", "chunked", "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["attention"] == "flash" and record["model"]["head"] == "chunked"
+    assert cli.main(["generate", "--checkpoint", str(out), "--prompt", "1+2="]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("1+2=")
