@@ -108,23 +108,22 @@ def softmax_cross_entropy_bwd(res, g):
     """dz = g (p Σ_c q − q) / N;  dq = −g log p / N  (float labels; integer labels get None).
 
     With L_n = −Σ_c q_c (z_c − lse(z)) and ∂lse/∂z_k = p_k:  ∂L_n/∂z_k = −q_k + p_k Σ_c q_c,
-    which is p − onehot(y) for integer labels: written as ``p − (iota == y)``, one elementwise
-    expression that XLA fuses into a single pass (no one-hot array and no scatter is
-    materialised; a ``.at[].add`` scatter here cost a separate buffer and kernel).
+    which is p − onehot(y) for integer labels. It is computed in two steps, as the chain rule
+    reads: dL/d(log p) = −(g/N)·[c = y] (the one-hot written as ``iota == y``, no one-hot array
+    or scatter), then log-softmax's VJP dz = d − p Σ_c d_c. A row whose label is out of range
+    has a NaN loss that does not depend on the logits: its d is 0, hence dz = 0 (as jax.grad of
+    the reference gives). Written this way XLA keeps one activation buffer fewer in a whole
+    MLP train step at large batch than with ``p − (iota == y)`` in one expression (the same
+    gradient; benchmarks/RESULTS.md, "MLP sweep").
     """
     logp, labels = res  # (..., C), (...) or (..., C)
     p = jnp.exp(logp)  # (..., C)
-    n_classes = logp.shape[-1]
     n = math.prod(logp.shape[:-1])
     scale = g / n
     if jnp.issubdtype(labels.dtype, jnp.integer):
         hit = lax.broadcasted_iota(labels.dtype, p.shape, p.ndim - 1) == labels[..., None]
-        dz = p - hit.astype(p.dtype)  # (..., C)
-        # A row with an out-of-range label has a NaN loss that does not depend on the logits,
-        # so its gradient is 0 (as jax.grad of the reference gives), not p.
-        valid = _label_valid(labels, n_classes)[..., None]  # (..., 1)
-        dz = jnp.where(valid, dz, jnp.zeros((), dz.dtype))
-        return scale * dz, None
+        dlogp = jnp.where(hit, -scale, jnp.zeros((), p.dtype)).astype(p.dtype)  # (..., C)
+        return dlogp - p * jnp.sum(dlogp, axis=-1, keepdims=True), None
     dz = p * jnp.sum(labels, axis=-1, keepdims=True) - labels
     return scale * dz, -scale * logp
 
