@@ -24,8 +24,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check funcbp tests benchmarks
-	$(BIN)/ruff format --check funcbp tests benchmarks
+	$(BIN)/ruff check funcbp tests benchmarks notebooks
+	$(BIN)/ruff format --check funcbp tests benchmarks notebooks
 	$(BIN)/lint-imports
 
 check: $(STAMP)
