@@ -32,11 +32,13 @@ def on_config(config):
 
 
 def _title(path: Path) -> str:
-    """The notebook's first ``# heading`` as plain text (``02 — Every op vs jax.grad``)."""
+    """The first ``# heading`` as plain text, numbered: ``02 — Every op vs jax.grad``."""
+    number = path.stem[:2]
     for cell in json.loads(path.read_text())["cells"]:
         for line in "".join(cell["source"]).splitlines():
             if cell["cell_type"] == "markdown" and line.startswith("# "):
-                return line[2:].replace("`", "").strip()
+                title = line[2:].replace("`", "").strip()
+                return title if title.startswith(number) else f"{number} — {title}"
     return path.stem
 
 
