@@ -76,15 +76,20 @@ def test_derivations_keep_their_lines():
 
 
 @pytest.mark.slow
-def test_the_pages_examples_run():
-    """The worked op (run as a script: it registers ``softplus`` in its own process) and every
-    Python block of the guide pages (one process, blocks in page order)."""
+def test_the_worked_op_runs():
+    """docs/examples/softplus.py (included by the hand-VJP page) as a script: it registers
+    ``softplus`` in its own process and puts it through the registry's checks."""
     out = subprocess.run(
         [sys.executable, str(DOCS / "examples" / "softplus.py")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0 and not out.stderr, out.stderr[-3000:]
     assert "0 missed" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_pages_python_blocks_run():
+    """Every Python block of the guide pages, in page order, in one fresh process."""
     blocks = [
         block
         for page in ("getting-started.md", "engine.md", "training.md", "checking.md")
