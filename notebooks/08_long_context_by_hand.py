@@ -1,12 +1,12 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: py:percent
+#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -27,7 +27,8 @@
 # against `funcbp.ops.flash_attention` / `funcbp.ops.linear_cross_entropy`, `jax.grad` of the
 # plain reference and central finite differences, in float64.
 #
-# Run it as a script (`python notebooks/08_long_context_by_hand.py`) or open it with jupytext.
+# Run it as a script (`python notebooks/08_long_context_by_hand.py`) or open the paired
+# `08_long_context_by_hand.ipynb`.
 
 # %%
 import functools
