@@ -3,7 +3,7 @@
 #   make test    set up .venv, install, lint, build the docs, run the whole test suite (notebooks included)
 #   make docs    build the documentation site into site/ (strict: a broken link or reference fails)
 PYTHON ?= python3
-PYTEST_ARGS ?= -n auto
+PYTEST_ARGS ?= -n auto --durations=20
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -39,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/funcbp bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs site .cache .pytest_cache .hypothesis
+	rm -rf $(VENV) runs site .cache .pytest_cache .hypothesis .jax_cache
