@@ -223,3 +223,17 @@ def test_shared_helpers_fail_and_write_json(tmp_path, capsys):
     assert json.loads(text) == metrics and list(json.loads(text)) == ["z", "a"]
     assert text.startswith('{\n  "z": 1')  # indented, keys in the given order
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
+
+
+def test_multi_host_options_are_checked_before_any_work(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", *TINY, "--out", out, "--coordinator", "host0:1234"]) == 2
+    assert "--coordinator is an option of a --distributed run" in capsys.readouterr().err
+    bad = ["--distributed", "--coordinator", "host0", "--num-processes", "2", "--process-id", "0"]
+    assert cli.main(["train", *TINY, "--out", out, *bad]) == 2
+    assert "--coordinator must be HOST:PORT" in capsys.readouterr().err
+    bad = ["--distributed", "--coordinator", "localhost:1", "--num-processes", "2",
+           "--process-id", "2"]  # fmt: skip
+    assert cli.main(["train", *TINY, "--out", out, *bad]) == 2
+    assert "--process-id must be in [0, 2)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
