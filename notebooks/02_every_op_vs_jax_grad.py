@@ -67,6 +67,7 @@ def show_table(headers, rows):
 
 import functools
 import importlib
+import os
 import pkgutil
 import time
 
@@ -94,7 +95,8 @@ assert len(OPS) >= 11
 # marked non-smooth (`op.smooth = False`).
 
 # %%
-SHAPES_PER_OP = 3  # random shapes per op (each one compiles)
+QUICK = os.environ.get("FUNCBP_NOTEBOOK_QUICK") == "1"  # the test suite's run: fewer shapes
+SHAPES_PER_OP = 1 if QUICK else 3  # random shapes per op (each one compiles)
 COTANGENTS = 8  # random cotangents per shape (one vmapped call)
 COMPARISONS = {  # name: (dtype, source, reference source, tolerance)
     "float32 hand vs autodiff": ("float32", "hand", "autodiff", check.TOLERANCE["float32"]),
@@ -258,7 +260,7 @@ plt.show()
 # program each — so a ratio near 1 is expected; `benchmarks/` measures realistic sizes.
 
 # %%
-REPEATS = 101
+REPEATS = 11 if QUICK else 101
 
 
 def pairing_grad(fn, static, arrays, u):

@@ -65,7 +65,9 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, bench: bool = True) -> argparse.ArgumentParser:
+    """The ``funcbp`` parser. ``bench=False`` leaves the benchmark suite's options out (they
+    import ``benchmarks/``, which only ``funcbp bench`` needs)."""
     from funcbp.cli.bench import add_bench_arguments, run_bench
     from funcbp.cli.check import run_check
     from funcbp.cli.generate import run_generate
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_arguments(p)
     p.set_defaults(func=run_generate)
     p = sub.add_parser("bench", help="benchmarks: hand VJP vs autodiff (and peers)")
-    add_bench_arguments(p)
+    if bench:
+        add_bench_arguments(p)
     p.set_defaults(func=run_bench)
     return parser
 
@@ -92,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. An unexpected error is one line on stderr (set
     ``FUNCBP_DEBUG=1`` for the traceback), never a raw traceback."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(bench=argv[:1] == ["bench"]).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
