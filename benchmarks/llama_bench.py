@@ -13,7 +13,9 @@ train steps on one batch of bytes, for each gradient source:
 Memory: ``jit(step).lower(...).compile().memory_analysis().temp_size_in_bytes``; FLOPs:
 ``cost_analysis()["flops"]`` (exact, noise-free). Time: each variant compiled and warmed up,
 then ``--repeats`` rounds, each running every variant ``--inner`` steps back to back, the order
-alternating between rounds; medians per step, with tokens per second (batch · context / time).
+alternating between rounds; medians per step, with tokens per second (batch · context / time)
+and the process's CPU time per step (all threads: on a loaded machine, a bound on the wall time
+of an idle one, which runs the threads in parallel).
 Speed numbers are only meaningful on a quiet machine (see BENCHMARKING.md); the load average
 is printed with them.
 """
@@ -84,20 +86,20 @@ def time_steps(steps: dict, repeats: int, inner: int) -> dict:
 
     def run(name):
         compiled, (p, o, s), batch = steps[name]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(inner):
             p, o, _, _ = compiled(p, o, s, batch, None)
         _block(p)
-        return (time.perf_counter() - t0) / inner
+        return (time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner
 
     order = list(steps)
     rounds = {name: [] for name in order}
     for r in range(repeats):
         for name in order if r % 2 == 0 else order[::-1]:
             rounds[name].append(run(name))
-    return {name: statistics.median(ts) for name, ts in rounds.items()} | {
-        f"{name}_rounds": ts for name, ts in rounds.items()
-    }
+    out = {name: statistics.median(t for t, _ in ts) for name, ts in rounds.items()}
+    out |= {f"{name}_cpu": statistics.median(c for _, c in ts) for name, ts in rounds.items()}
+    return out | {f"{name}_rounds": ts for name, ts in rounds.items()}
 
 
 def main(argv=None) -> int:
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
         f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}"
     )
     header = (f"{'config':<10} {'variant':<9} {'ms/step':>9} {'vs hand':>8} {'tokens/s':>9} "
-              f"{'temp MiB':>9} {'vs hand':>8} {'GFLOP':>8}")  # fmt: skip
+              f"{'CPU ms':>8} {'temp MiB':>9} {'vs hand':>8} {'GFLOP':>8}")  # fmt: skip
     print(header)
     print("-" * len(header))
     results = {}
@@ -128,7 +130,8 @@ def main(argv=None) -> int:
             t, c = times[name], counts[name]
             print(
                 f"{cname:<10} {name:<9} {1e3 * t:9.2f} {t / times[first]:8.3f} "
-                f"{batch * config.context / t:9.0f} {c['temp_bytes'] / 2**20:9.2f} "
+                f"{batch * config.context / t:9.0f} {1e3 * times[name + '_cpu']:8.1f} "
+                f"{c['temp_bytes'] / 2**20:9.2f} "
                 f"{c['temp_bytes'] / max(counts[first]['temp_bytes'], 1):8.3f} "
                 f"{c['flops'] / 1e9:8.2f}"
             )

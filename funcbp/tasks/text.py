@@ -193,9 +193,9 @@ LLAMA = Task(
         Option("attention", str, "dense", "attention op", choices=KINDS),
     ),  # fmt: skip
     defaults={
-        "epochs": 12,
+        "epochs": 20,
         "batch_size": 32,
-        "lr": 3e-3,
+        "lr": 5e-3,
         "weight_decay": 0.1,
         "optimizer": "adamw",
         "schedule": "cosine",
