@@ -3,8 +3,8 @@
 Default corpus: the Python standard library's own source, which every machine with Python has
 (``sysconfig.get_paths()["stdlib"]``): every ``*.py`` file, sorted by relative path, except
 those under a test folder (``test``, ``tests``, ``idle_test``, …) or ``site-packages``. A
-user's file or folder (every regular file inside it, recursively, sorted) replaces it with
-``path=``.
+user's file or folder (every regular file inside it, recursively, sorted; hidden files and
+folders and ``__pycache__`` left out) replaces it with ``path=``.
 
 Split: by file, a file belongs to the validation split when the SHA-1 of its relative path (POSIX
 form), read as a number, is divisible by ``valid_every`` (20: one file in 20, ~5%) — stable
@@ -60,18 +60,20 @@ def stdlib_root() -> Path:
 
 
 def corpus_files(root: Path, *, python_only: bool) -> list[Path]:
-    """Regular files under ``root`` sorted by relative path (``*.py`` outside `TEST_FOLDERS`
-    when ``python_only``); ``[root]`` for a file."""
+    """Regular files under ``root`` sorted by relative path, hidden ones (a part starting
+    with ".") and ``__pycache__`` left out (and, when ``python_only``, ``*.py`` outside
+    `TEST_FOLDERS` only); ``[root]`` for a file."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"text: {root} is neither a file nor a folder")
     pattern = "*.py" if python_only else "*"
-    files = [
-        p for p in root.rglob(pattern)
-        if p.is_file() and not (python_only and TEST_FOLDERS & set(p.relative_to(root).parts))
-    ]  # fmt: skip
+    skip = lambda parts: (
+        any(s.startswith(".") or s == "__pycache__" for s in parts)
+        or (python_only and bool(TEST_FOLDERS & set(parts)))
+    )
+    files = [p for p in root.rglob(pattern) if p.is_file() and not skip(p.relative_to(root).parts)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

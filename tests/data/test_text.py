@@ -38,6 +38,9 @@ def test_default_corpus_is_the_stdlib_without_tests():
 def test_a_users_folder_and_file(tmp_path):
     for i in range(40):
         (tmp_path / f"f{i:02d}.txt").write_text(f"file {i}\n" * 3)
+    for hidden in (".git/x", "__pycache__/f.pyc", ".env"):
+        (tmp_path / hidden).parent.mkdir(exist_ok=True)
+        (tmp_path / hidden).write_bytes(b"\x00" * 10)
     corpus = text.load_corpus(tmp_path)
     assert corpus.name == tmp_path.name and corpus.n_train_files + corpus.n_valid_files == 40
     assert bytes(corpus.train[:7]) in {b"file 0\n", b"file 1\n", b"file 2\n"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ TINY = [
     "--model", "llama", "--epochs", "2", "--windows", "64", "--eval-windows", "8",
     "--context", "16", "--layers", "1", "--width", "16", "--heads", "2", "--kv-heads", "1",
     "--mlp-hidden", "24", "--batch-size", "16", "--steps-per-call", "2",
+    "--text", str(Path(__file__).resolve().parents[2] / "funcbp"),  # small: a quick evaluation
 ]  # fmt: skip
 
 
@@ -40,14 +42,14 @@ def test_llama_run_reports_bits_per_byte_and_baselines(run):
     out, rc, stdout = run
     assert rc == 0, stdout
     m = json.loads((out / "metrics.json").read_text())
-    assert 0 < m["valid_bits_per_byte"] < 9 and m["baselines"]["valid_bytes"] > 100_000
-    assert 1 < m["baselines"]["xz_9e"] < m["baselines"]["zlib_9"] < 2.5
+    assert 0 < m["valid_bits_per_byte"] < 9 and m["baselines"]["valid_bytes"] > 1000
+    assert 1 < m["baselines"]["xz_9e"] < 4 and 1 < m["baselines"]["zlib_9"] < 4
     assert m["tokens_per_second"] > 0 and len(m["epoch_seconds"]) == 2
     assert m["samples"][0].startswith("def ") and m["epochs"] == 2
     assert m["gradient_check"]["hand_vs_autodiff_float64"]["max_rel"] < 1e-10
     record = json.loads((out / "run.json").read_text())
     assert record["task"] == "llama" and record["model"]["kv_heads"] == 1
-    assert record["data"]["name"] == "python-stdlib" and record["data"]["windows_per_epoch"] == 64
+    assert record["data"]["name"] == "funcbp" and record["data"]["windows_per_epoch"] == 64
     assert "validation" in stdout and "bits per byte; zlib -9" in stdout
 
 
