@@ -46,6 +46,7 @@ class Progress(Events):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[metrics]}"),
+            console=console(),  # unwrapped epoch lines when the output is a file
         )
         self.task = self.bar.add_task("train", total=epochs * steps_per_epoch, metrics="")
         self.bar.start()
