@@ -8,8 +8,9 @@ sees new text; after each, the loss on a fixed sample of ``--eval-windows`` vali
 
 Metrics (``evaluate``): ``valid_bits_per_byte`` over every non-overlapping validation window
 (the mean cross-entropy / ln 2), next to the same validation bytes compressed by zlib -9 and
-xz -9e (``baselines``), and the training speed in tokens per second. Progress: validation bits
-per byte and tokens/s per epoch (`Task.epoch_fields`). ``funcbp generate --checkpoint DIR
+xz -9e (``baselines``), and a sample; the run path adds ``tokens_per_second`` (the data's
+``tokens_per_example``). Progress: validation bits per byte and tokens/s of each epoch
+(`Task.epoch_fields`). ``funcbp generate --checkpoint DIR
 --prompt "def fib(n):"`` continues prompts through a KV cache.
 """
 
