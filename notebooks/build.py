@@ -55,6 +55,10 @@ DESCRIPTIONS = {  # stem: what the notebook shows (notebooks/README.md's table)
     "when healthy; three planted bugs (dW sign, a wrong residual from funcbp.check.mutate, batch "
     "norm without its mean term) each named exactly; per-layer errors from the loss backwards; "
     "every mutant of linear, conv2d and batch_norm caught.",
+    "06_llama_block_by_hand": "RMSNorm, RoPE and SwiGLU by hand: each VJP derived (RoPE's is "
+    "the rotation by −φ, written with complex numbers), coded in jnp and checked against funcbp, "
+    "jax.grad and finite differences; hand JVPs; a tiny Llama's hand and explicit gradients vs "
+    "autodiff.",
     "07_forward_mode_by_hand": "A hand JVP next to every VJP: forward mode (jax.jvp, jacfwd) "
     "through op.forward_mode, the dot-product test that the two hand rules are each other's "
     "transpose, and a Hessian-vector product of a digits MLP forward-over-reverse through hand "

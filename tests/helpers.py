@@ -67,3 +67,35 @@ def op_seeds():
 
 
 SEED_POOL = (0, 1, 2)
+
+
+def precision_rule_errors(op, arrays, dtype, *, key, static=None):
+    """(hand error, autodiff error) of ``op`` in ``dtype`` against float64, the FlashAttention
+    rule's two numbers: the inputs (float ones) and a random cotangent are rounded to ``dtype``
+    once and used by all three paths; each error is the worst relative error over the output
+    and every float input's gradient (`funcbp.check.relative_error`). The rule: hand <= 2x
+    autodiff."""
+    from funcbp import check
+
+    static = static or {}
+    low = [a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in arrays]
+    high = [a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in low]
+    idx = [i for i, a in enumerate(low) if jnp.issubdtype(a.dtype, jnp.floating)]
+    out = jax.eval_shape(lambda *a: op.autodiff(*a, **static), *low)
+    u = check.random_cotangent(key, out).astype(dtype)
+
+    def both(fn, xs, u):
+        def run(*floats):
+            full = list(xs)
+            for i, f in zip(idx, floats, strict=True):
+                full[i] = f
+            return fn(*full, **static)
+
+        y, vjp = jax.vjp(run, *(xs[i] for i in idx))
+        return (y, *vjp(u.astype(y.dtype)))
+
+    truth = jax.jit(lambda *xs: both(op.autodiff, xs, u))(*high)
+    err = lambda got: max(check.relative_error(g, t) for g, t in zip(got, truth, strict=True))
+    hand = jax.jit(lambda *xs: both(op, xs, u))(*low)
+    auto = jax.jit(lambda *xs: both(op.autodiff, xs, u))(*low)
+    return err(hand), err(auto)

@@ -31,8 +31,9 @@ def console(**kw):
 class Progress(Events):
     """`funcbp.training.loop`'s events as a rich progress bar and one line per epoch."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled, self.bar, self.task = enabled, None, None
+    def __init__(self, enabled: bool = True, fields=None):
+        """``fields(record) -> {label: text}``: a task's extras for each epoch's line."""
+        self.enabled, self.bar, self.task, self.fields = enabled, None, None, fields
 
     def start(self, epochs: int, steps_per_epoch: int) -> None:
         if not self.enabled or epochs <= 0:
@@ -45,6 +46,7 @@ class Progress(Events):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[metrics]}"),
+            console=console(),  # unwrapped epoch lines when the output is a file
         )
         self.task = self.bar.add_task("train", total=epochs * steps_per_epoch, metrics="")
         self.bar.start()
@@ -59,6 +61,8 @@ class Progress(Events):
                 f"epoch {r['epoch']}: loss {r['train_loss']:.4f} acc {r['train_accuracy']:.3f} "
                 f"| test loss {r['test_loss']:.4f} acc {r['test_accuracy']:.3f}"
             )
+            if self.fields is not None:
+                text += "".join(f" | {k} {v}" for k, v in self.fields(r).items())
             self.bar.update(self.task, metrics=text)
             self.bar.console.print(text)
 

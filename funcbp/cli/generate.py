@@ -1,5 +1,7 @@
 """``funcbp generate``: continue prompts with the model of a finished run (any task that
-defines generation; today the GPT on addition: ``--prompt 12+34=`` prints ``12+34=46``)."""
+defines generation: the GPT on addition, ``--prompt 12+34=`` prints ``12+34=46``; the Llama on
+text, ``--prompt "def fib(n):" --max-new-tokens 200 --temperature 0.8 --top-k 40 --seed 0``
+samples through a KV cache; temperature 0 is greedy)."""
 
 from __future__ import annotations
 
@@ -40,9 +42,12 @@ def _load(where: Path):
 
 def run_generate(args) -> int:
     """One output line per prompt; 0, or 2 for a bad folder, checkpoint or prompt."""
+    from funcbp.tasks.lm import Sampling
+
     try:
+        sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
         task, model, params, state, opts, info = _load(args.checkpoint)
-        lines = task.generate(model, params, state, opts, info, list(args.prompt))
+        lines = task.generate(model, params, state, opts, info, list(args.prompt), sampling)
     except (ValueError, OSError) as e:
         return fail(f"funcbp generate: {e}")
     for line in lines:

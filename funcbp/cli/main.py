@@ -61,8 +61,21 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
         "--prompt",
         required=True,
         nargs="+",
-        help="one or more prompts, e.g. '12+34=' for the gpt task",
+        help="one or more prompts, e.g. '12+34=' for the gpt task, 'def fib(n):' for llama",
     )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="tokens to generate per prompt (default: the task's: gpt the answer, llama 200)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling draws")
 
 
 def build_parser(*, bench: bool = True) -> argparse.ArgumentParser:

@@ -128,7 +128,9 @@ def _train(run, t0) -> int:
         f"training {run.model.name} on {run.info['name']}: {len(run.data.x_train)} train / "
         f"{len(run.data.x_test)} test, source={run.options['source']}, out={run.out}"
     )
-    events = Progress(not run.options["no_progress"])
+    hook = run.task.epoch_fields
+    fields = None if hook is None else (lambda r: hook(r, run.options, run.info))
+    events = Progress(not run.options["no_progress"], fields)
     try:
         result = runs.train(run, events)
     except NonFiniteError as e:
@@ -141,6 +143,8 @@ def _train(run, t0) -> int:
     if result.history["epoch"] and jax.process_index() == 0:
         _curves(run, metrics, result.history)
     examples = f"; e.g. {', '.join(metrics['examples'])}" if metrics.get("examples") else ""
+    if metrics.get("summary"):
+        print(metrics["summary"])
     print(
         f"test accuracy {metrics['test_accuracy']:.4f} after {result.epochs_run} epochs in "
         f"{metrics['seconds']:.1f} s ({metrics['steps_per_second']:.0f} steps/s){examples}; "

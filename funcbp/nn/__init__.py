@@ -9,6 +9,7 @@ from funcbp.nn.attention import Attention as Attention
 from funcbp.nn.attention import MergeHeads as MergeHeads
 from funcbp.nn.attention import MultiHeadAttention as MultiHeadAttention
 from funcbp.nn.attention import SplitHeads as SplitHeads
+from funcbp.nn.combinators import parallel as parallel
 from funcbp.nn.combinators import residual as residual
 from funcbp.nn.combinators import serial as serial
 from funcbp.nn.combinators import tie as tie
@@ -23,21 +24,27 @@ from funcbp.nn.embedding import Embedding as Embedding
 from funcbp.nn.embedding import HeadInputs as HeadInputs
 from funcbp.nn.embedding import PositionEmbedding as PositionEmbedding
 from funcbp.nn.embedding import Unembed as Unembed
+from funcbp.nn.kv_cache import CausalAttention as CausalAttention
 from funcbp.nn.layers import Dense as Dense
 from funcbp.nn.layers import Flatten as Flatten
 from funcbp.nn.layers import Gelu as Gelu
 from funcbp.nn.layers import LeakyRelu as LeakyRelu
+from funcbp.nn.layers import Project as Project
 from funcbp.nn.layers import Relu as Relu
 from funcbp.nn.layers import Sigmoid as Sigmoid
+from funcbp.nn.layers import SwiGLU as SwiGLU
 from funcbp.nn.layers import Tanh as Tanh
 from funcbp.nn.models import cnn as cnn
 from funcbp.nn.models import mlp as mlp
 from funcbp.nn.norm import BatchNorm as BatchNorm
 from funcbp.nn.norm import LayerNorm as LayerNorm
+from funcbp.nn.norm import RMSNorm as RMSNorm
 from funcbp.nn.recurrent import LSTM as LSTM
 from funcbp.nn.recurrent import RNN as RNN
 from funcbp.nn.remat import remat as remat
 from funcbp.nn.remat import remat_segments as remat_segments
+from funcbp.nn.rotary import GroupedSplitHeads as GroupedSplitHeads
+from funcbp.nn.rotary import Rope as Rope
 
 __all__ = [
     "Layer",
@@ -47,9 +54,12 @@ __all__ = [
     "serial",
     "residual",
     "tie",
+    "parallel",
     "remat",
     "remat_segments",
     "Dense",
+    "Project",
+    "SwiGLU",
     "Flatten",
     "Relu",
     "LeakyRelu",
@@ -60,6 +70,7 @@ __all__ = [
     "MaxPool2D",
     "AvgPool2D",
     "LayerNorm",
+    "RMSNorm",
     "BatchNorm",
     "Dropout",
     "Embedding",
@@ -70,6 +81,9 @@ __all__ = [
     "MergeHeads",
     "Attention",
     "MultiHeadAttention",
+    "GroupedSplitHeads",
+    "Rope",
+    "CausalAttention",
     "RNN",
     "LSTM",
     "mlp",

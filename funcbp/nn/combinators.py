@@ -8,6 +8,9 @@ itself — `serial` hands its children to the one walk (`funcbp.backprop.walk`).
   ``residual_backward``).
 * `tie` — weight sharing: one array used at two places of a model (a tied token embedding and
   output head). Backward: the shared array's gradient is the sum of its uses' gradients.
+* `parallel` — a fan-out: the same input to every branch, a tuple of their outputs (stax's
+  ``FanOut`` + ``parallel``). Backward: each branch gets its own part of ``dy`` and their
+  ``dx`` add up (the input was used once per branch).
 
 `funcbp.nn.remat` holds the recomputing wrapper. Combinators are transparent to the params
 tree where they add no level (`residual`, `tie` and `remat` have their child's params).
@@ -18,10 +21,21 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from funcbp.backprop import backward_layer, check_source, layer_keys, run_layer, walk, walk_back
+import jax
+import jax.numpy as jnp
+
+from funcbp.backprop import (
+    backward_layer,
+    check_source,
+    child_state,
+    layer_keys,
+    run_layer,
+    walk,
+    walk_back,
+)
 from funcbp.nn.core import Layer
 
-__all__ = ["pack", "residual", "serial", "tie"]
+__all__ = ["pack", "parallel", "residual", "serial", "tie"]
 
 
 def _check_layer(where: str, name, layer) -> None:
@@ -202,3 +216,67 @@ def tie(
     children = ((None, model),)
     name = name or f"tied({model.name})"
     return Layer(name, init, apply, forward, backward, children, kind="tie")
+
+
+def _add(a, b):
+    """dx of two uses of one input: their sum (``None``: an integer input, no gradient)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return jax.tree.map(jnp.add, a, b)
+
+
+def parallel(*layers: Layer, name: str | None = None, **named: Layer) -> Layer:
+    """A fan-out: x -> ``(f₁(x), f₂(x), …)``, every branch fed the same input; params a dict
+    keyed by the names (``parallel(gate=…, up=…)``) or a tuple (positional branches).
+
+    The output is a tuple in the branches' order. Backward: branch i turns ``dy[i]`` into its
+    params' gradients and a ``dxᵢ``; x fed every branch, so ``dx = Σᵢ dxᵢ`` (the fan-out's sum,
+    micrograd's ``+=``). Each branch gets its own PRNG key.
+    """
+    if layers and named:
+        raise ValueError("parallel: give the branches either all positionally or all by name")
+    children = tuple(enumerate(layers)) if layers else tuple(named.items())
+    if len(children) < 2:
+        raise ValueError(f"parallel: needs at least two branches, got {len(children)}")
+    for child_name, layer in children:
+        _check_layer("parallel", child_name, layer)
+    n = len(children)
+
+    def init(key, input_shape, dtype):
+        params, state, shapes = {}, {}, []
+        for (child, layer), k in zip(children, layer_keys(key, n), strict=True):
+            shape, params[child], state[child] = layer.init(k, input_shape, dtype)
+            shapes.append(shape)
+        return tuple(shapes), pack(children, params), pack(children, state)
+
+    def run(params, state, x, key, train, source, tap, path):
+        outs, new_state, tape = [], {}, {}
+        for (child, layer), k in zip(children, layer_keys(key, n), strict=True):
+            y, new_state[child], tape[child] = run_layer(
+                layer, params[child], child_state(state, child), x,
+                key=k, train=train, source=source, tap=tap, path=(*path, child),
+            )  # fmt: skip
+            outs.append(y)
+        return tuple(outs), pack(children, new_state), tape
+
+    def apply(params, state, x, *, key=None, train=False, source="hand", tap=None, path=()):
+        check_source(source, "parallel: source")
+        y, new_state, _ = run(params, state, x, key, train, source, tap, path)
+        return y, new_state
+
+    def forward(params, state, x, *, key=None, train=False, tap=None, path=()):
+        return run(params, state, x, key, train, "explicit", tap, path)
+
+    def backward(params, tape, dy, *, tap=None, path=()):
+        if len(dy) != n:
+            raise ValueError(f"parallel: dy has {len(dy)} parts for {n} branches")
+        grads, dx = {}, None
+        for (child, layer), d in zip(children, dy, strict=True):
+            grads[child], dxi = backward_layer(
+                layer, params[child], tape[child], d, tap=tap, path=(*path, child)
+            )
+            dx = _add(dx, dxi)  # every branch read x: the fan-out sums
+        return pack(children, grads), dx
+
+    name = name or "parallel"
+    return Layer(name, init, apply, forward, backward, children=children, kind="parallel")

@@ -1,4 +1,5 @@
-"""Parametrised layers (stax-style): Dense, activations, Flatten.
+"""Parametrised layers (stax-style): Dense, Project (bias-free, PyTorch layout), activations,
+SwiGLU, Flatten.
 
 Weights come from initialiser callables (`funcbp.nn.init`): He for ReLU-like units, LeCun for
 tanh/sigmoid/linear ones; biases start at zero. Every init takes an explicit PRNG key and dtype.
@@ -19,8 +20,10 @@ __all__ = [
     "Flatten",
     "Gelu",
     "LeakyRelu",
+    "Project",
     "Relu",
     "Sigmoid",
+    "SwiGLU",
     "Tanh",
 ]
 
@@ -47,6 +50,40 @@ def Dense(
         return (*input_shape[:-1], out), params
 
     return op_layer(f"dense{out}", ops.linear, init_fn, ("w", "b"))
+
+
+def Project(out: int, *, init: initializers.Initializer | None = None) -> Layer:
+    """Bias-free linear map ``y = x Wᵀ`` on the last axis: (..., I) -> (..., out).
+
+    Params ``{"w": (out, I)}``: the weight in the (out, in) layout of ``torch.nn.Linear`` and of
+    Hugging Face checkpoints, so they load without a transpose. The map is exactly
+    `funcbp.ops.unembed`'s (``logits = x Eᵀ`` with E (V, D)), whose hand VJP it uses:
+    ``dx = dy W``, ``dW = Σ_batch dyᵀ x``. ``init`` draws ``w`` (default N(0, 0.02²)).
+    """
+    if isinstance(out, bool) or not isinstance(out, int) or out < 1:
+        raise ValueError(f"Project: out must be a positive int, got {out!r}")
+    init = initializers.check(init or initializers.normal(0.02), "Project: init")
+
+    def init_fn(key, input_shape, dtype):
+        if len(input_shape) < 1:
+            raise ValueError(f"Project: input must have a feature axis, got shape {input_shape}")
+        return (*input_shape[:-1], out), {"w": init(key, (out, input_shape[-1]), dtype)}
+
+    return op_layer(f"project{out}", ops.unembed, init_fn, ("w",))
+
+
+def SwiGLU() -> Layer:
+    """``(a, b) -> silu(a) ⊙ b``: the gate of a Llama MLP (a = gate projection, b = up
+    projection, e.g. from ``parallel(gate=Project(h), up=Project(h))``); no params; backward
+    by `funcbp.ops.swiglu`, ``dx = (da, db)``."""
+
+    def init_fn(key, input_shape, dtype):
+        a, b = input_shape
+        if tuple(a) != tuple(b):
+            raise ValueError(f"SwiGLU: the gate {tuple(a)} and the up part {tuple(b)} differ")
+        return tuple(a), {}
+
+    return op_layer("swiglu", ops.swiglu, init_fn, inputs=2)
 
 
 def _same_shape(key, input_shape, dtype):

@@ -1,4 +1,5 @@
-"""Normalisation layers: LayerNorm (stateless) and BatchNorm (running statistics as state)."""
+"""Normalisation layers: LayerNorm and RMSNorm (stateless) and BatchNorm (running statistics as
+state)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import jax.numpy as jnp
 
 from funcbp.nn.core import Layer, leaf, op_layer
 from funcbp.ops.norm import batch_norm, batch_norm_inference, batch_norm_stats, layer_norm
+from funcbp.ops.rms_norm import rms_norm
 
-__all__ = ["LayerNorm", "BatchNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "BatchNorm"]
 
 
 def LayerNorm(eps: float = 1e-5) -> Layer:
@@ -19,6 +21,17 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
         return input_shape, {"gamma": jnp.ones((d,), dtype), "beta": jnp.zeros((d,), dtype)}
 
     return op_layer("layer_norm", layer_norm, init_fn, ("gamma", "beta"), {"eps": eps})
+
+
+def RMSNorm(eps: float = 1e-6) -> Layer:
+    """Divide each row by its root mean square over the last axis, then scale by γ (no centring,
+    no β; Llama's norm): params ``{"gamma": (D,)}``, γ = 1 at init. Backward by
+    `funcbp.ops.rms_norm`."""
+
+    def init_fn(key, input_shape, dtype):
+        return input_shape, {"gamma": jnp.ones(input_shape[-1:], dtype)}
+
+    return op_layer("rms_norm", rms_norm, init_fn, ("gamma",), {"eps": eps})
 
 
 def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:

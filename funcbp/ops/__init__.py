@@ -36,8 +36,11 @@ from funcbp.ops.recurrent import lstm as lstm
 from funcbp.ops.recurrent import lstm_cell as lstm_cell
 from funcbp.ops.recurrent import rnn as rnn
 from funcbp.ops.recurrent import rnn_cell as rnn_cell
+from funcbp.ops.rms_norm import rms_norm as rms_norm
+from funcbp.ops.rope import rope as rope
 from funcbp.ops.softmax import log_softmax as log_softmax
 from funcbp.ops.softmax import softmax as softmax
+from funcbp.ops.swiglu import swiglu as swiglu
 from funcbp.ops.unembed import unembed as unembed
 from funcbp.ops.unembed_cross_entropy import unembed_cross_entropy as unembed_cross_entropy
 
@@ -67,6 +70,9 @@ __all__ = [
     "batch_norm",
     "batch_norm_inference",
     "batch_norm_stats",
+    "rms_norm",
+    "rope",
+    "swiglu",
     "dropout",
     "embedding",
     "unembed",

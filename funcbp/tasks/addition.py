@@ -21,7 +21,7 @@ from funcbp.data.addition import answer_length, encode, encode_prompts, prompt_l
 from funcbp.nn.attention import KINDS
 from funcbp.nn.gpt import HEADS, GPTConfig, gpt
 from funcbp.tasks.base import Task
-from funcbp.tasks.lm import greedy_decode, logits
+from funcbp.tasks.lm import Sampling, decode, greedy_decode, logits
 from funcbp.tasks.options import Option
 
 __all__ = ["GPT", "exact_match", "token_accuracy"]
@@ -128,12 +128,16 @@ def _evaluate(model, params, state, data, opts) -> dict:
     }
 
 
-def _generate(model, params, state, opts, info, prompts) -> list[str]:
-    """Answer prompts like ``"12+34="`` (the ``=`` is optional): ``["12+34=46", ...]``."""
-    d = info["digits"]
+def _generate(model, params, state, opts, info, prompts, sampling=None) -> list[str]:
+    """Answer prompts like ``"12+34="`` (the ``=`` is optional): ``["12+34=46", ...]``.
+
+    The answer's ``digits + 1`` tokens (fewer with ``sampling.max_new_tokens``), greedy by
+    default; ``sampling`` may ask for temperature/top-k draws."""
+    d, sampling = info["digits"], sampling or Sampling()
     pairs = np.array([addition.parse_prompt(p, d) for p in prompts]).reshape(-1, 2)
-    tokens = greedy_decode(
-        model, params, state, encode_prompts(pairs[:, 0], pairs[:, 1], d), answer_length(d)
+    n_new = min(sampling.max_new_tokens or answer_length(d), answer_length(d))
+    tokens = decode(
+        model, params, state, encode_prompts(pairs[:, 0], pairs[:, 1], d), n_new, sampling
     )
     return [
         f"{a}+{b}={addition.answer_text(t)}"

@@ -8,10 +8,13 @@ A `Task` is data plus functions of its resolved options (a dict, `funcbp.tasks.o
   classes, …), JSON-able: saved in ``run.json`` so the model can be rebuilt without the data;
 * ``build_model(opts, info) -> (model, model_config)``: the `funcbp.nn.Layer` and its config;
 * ``loss``: the loss op; ``evaluate(model, params, state, data, opts) -> dict`` extra metrics
-  after training (optional); ``generate(model, params, state, opts, info, prompts) -> list[str]``
-  (optional); ``labels``: the curves' axis labels; ``betas``: Adam's β for this task;
-  ``log_loss``: plot the loss on a log axis; ``choose_loss(opts)``: a loss that depends on the
-  options (a fused head's loss), else ``loss``.
+  after training (optional); ``generate(model, params, state, opts, info, prompts, sampling)
+  -> list[str]`` (optional; ``sampling`` is a `funcbp.tasks.lm.Sampling`: new tokens,
+  temperature, top-k, seed); ``epoch_fields(record, opts, info) -> {label: text}`` extras for
+  the progress line of each epoch (optional; the CLI prints them); ``labels``: the curves' axis
+  labels; ``betas``: Adam's β for this task; ``log_loss``: plot the loss on a log axis;
+  ``choose_loss(opts)``: a loss that depends on the options (a fused head's loss), else
+  ``loss``.
 
 One run path (`funcbp.tasks.run`) serves every task with no branch on its name.
 """
@@ -42,6 +45,7 @@ class Task:
     loss: Op
     evaluate: Callable[..., dict] | None = None
     generate: Callable[..., list[str]] | None = None
+    epoch_fields: Callable[[dict, dict, dict], dict[str, str]] | None = None
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     betas: tuple[float, float] = (0.9, 0.999)
     log_loss: bool = True

@@ -191,7 +191,11 @@ def finish(run: Run, result: FitResult, seconds: float, extra: dict | None = Non
         "n_params": int(sum(np.size(p) for p in jax.tree.leaves(result.params))),
         "seconds": seconds,
         "steps_per_second": steps_per_second(result, run.options["batch_size"], n_train),
+        "epoch_seconds": h["seconds"],
     }
+    if "tokens_per_example" in run.info:  # sequence tasks: the speed in tokens
+        per_step = run.options["batch_size"] * run.info["tokens_per_example"]
+        metrics["tokens_per_second"] = metrics["steps_per_second"] * per_step
     if run.task.evaluate is not None and result.epochs_run:
         metrics.update(run.task.evaluate(run.model, result.params, result.state, run.data,
                                          run.options))  # fmt: skip

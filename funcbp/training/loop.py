@@ -184,10 +184,24 @@ class _Loop:
     place: Any
     k_train: Any
     flag_names: list[str]
+    resample: Any = None
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.x_train) // self.config.batch_size
+
+    def examples(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's training examples: the data's own, or its fresh draw for ``epoch``
+        (``data.epoch_examples``, same shapes every epoch)."""
+        if self.resample is None:
+            return self.x_train, self.y_train
+        x, y = (np.asarray(a) for a in self.resample(epoch))
+        if x.shape != self.x_train.shape or y.shape != self.y_train.shape:
+            raise ValueError(
+                f"fit: data.epoch_examples({epoch}) gave x {x.shape}, y {y.shape}; every epoch "
+                f"needs x {self.x_train.shape}, y {self.y_train.shape}"
+            )
+        return x.astype(self.x_train.dtype), y
 
 
 def _start(ckpt, tree, resume: bool, events: Events, loop):
@@ -258,11 +272,12 @@ def _run_epoch(loop: _Loop, epoch: int, params, opt_state, state, events: Events
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_epoch, 0), len(loop.x_train)))
     step_keys = jax.random.split(jax.random.fold_in(k_epoch, 1), steps)
     idx = perm[: steps * cfg.batch_size].reshape(steps, cfg.batch_size)
+    x_train, y_train = loop.examples(epoch)
     metrics, s, t0 = [], 0, time.perf_counter()
     while s < steps:
         k = cfg.steps_per_call if loop.multi is not None and s + cfg.steps_per_call <= steps else 1
         b = idx[s : s + k] if k > 1 else idx[s]
-        batch = loop.place((loop.x_train[b], loop.y_train[b]), 1 if k > 1 else 0)
+        batch = loop.place((x_train[b], y_train[b]), 1 if k > 1 else 0)
         run, t1 = (loop.multi if k > 1 else loop.single), time.perf_counter()
         params, opt_state, state, m = run(
             params, opt_state, state, batch, step_keys[s : s + k] if k > 1 else step_keys[s]
@@ -333,7 +348,7 @@ def _prepare(model, data, optimizer, config, loss, params, state, mesh):
     make = lambda jit: make_train_step(model, optimizer, loss=loss, source=config.source, jit=jit)
     multi = make_multi_step(make(False)) if config.steps_per_call > 1 else None
     loop = _Loop(x_train, y_train, config, make(True), multi, None, _keys(config.seed)[1],
-                 finite_flag_names(params))  # fmt: skip
+                 finite_flag_names(params), getattr(data, "epoch_examples", None))  # fmt: skip
     return loop, (x_test, y_test), params, state
 
 
@@ -352,6 +367,10 @@ def fit(
     events: Events | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` (``x_train, y_train, x_test, y_test``, e.g. `funcbp.data`).
+
+    A stream larger than an epoch (a text corpus) may also give ``data.epoch_examples(epoch)
+    -> (x, y)``: that epoch's examples, of ``x_train``'s and ``y_train``'s shapes (a fresh
+    draw each epoch; deterministic in ``epoch``, so a resumed run replays it exactly).
 
     Shuffled mini-batches (`FitConfig`), evaluation on the test split after each epoch,
     ``out_dir/checkpoint.npz`` written atomically after each epoch (with the history, by

@@ -30,6 +30,7 @@ AFFINE_IN = {  # (op, argument): the op is affine in it with a constant slope
     ("avg_pool2d", "x"),
     ("dropout", "x"),
     ("embedding", "table"),
+    ("rope", "x"),
 }
 SIGN_OR_ORDER = {("relu", "x"), ("leaky_relu", "x"), ("max_pool2d", "x")}
 

@@ -166,7 +166,7 @@ def test_fuzzed_arguments_parse_or_fail_cleanly(options):
 # -- the run path's guarantees, seen from the command line (issue: runs cannot be lost)
 def test_options_another_task_reads_are_refused(capsys):
     assert cli.main(["train", "--model", "mlp", "--heads", "4"]) == 2
-    assert "--heads is not an option of task mlp (read by: gpt)" in capsys.readouterr().err
+    assert "--heads is not an option of task mlp (read by: gpt, llama)" in capsys.readouterr().err
     assert cli.main(["train", "--model", "cnn", "--hidden", "8"]) == 2
     assert "--hidden is not an option of task cnn (read by: mlp)" in capsys.readouterr().err
 

@@ -69,6 +69,13 @@ def test_generate_prints_answers_from_the_checkpoint(run, capsys):
     ckpt = str(out / "checkpoint.npz")
     assert cli.main(["generate", "--checkpoint", ckpt, "--prompt", "12+34="]) == 0
     assert capsys.readouterr().out.strip() == lines[0]
+    # the sampling options of `funcbp generate` (as for llama): seeded draws of the answer
+    sample = ["generate", "--checkpoint", ckpt, "--prompt", "12+34=", "--temperature", "0.8",
+              "--top-k", "3", "--seed", "1", "--max-new-tokens", "200"]  # fmt: skip
+    assert cli.main(sample) == 0
+    drawn = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"12\+34=\S+", drawn)
+    assert cli.main(sample) == 0 and capsys.readouterr().out.strip() == drawn
 
 
 @pytest.mark.parametrize(

@@ -166,3 +166,32 @@ def test_labels_out_of_range_are_refused_before_training():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         _run(toy_classification(), **kw)
+
+
+class _Stream:
+    """toy data whose training examples are redrawn every epoch (``epoch_examples``)."""
+
+    def __init__(self, data, shape_ok=True):
+        self.__dict__.update(vars(data))
+        self.calls, self.shape_ok = [], shape_ok
+
+    def epoch_examples(self, epoch):
+        self.calls.append(epoch)
+        rng = np.random.default_rng(epoch)
+        idx = rng.permutation(len(self.x_train))[: len(self.x_train) if self.shape_ok else 5]
+        return self.x_train[idx] + 0.01 * epoch, self.y_train[idx]
+
+
+def test_epoch_examples_are_drawn_per_epoch_and_replayed_on_resume(tmp_path):
+    data = toy_classification()
+    stream = _Stream(data)
+    full = _run(stream, epochs=3)
+    assert stream.calls == [0, 1, 2]
+    assert tree_max_abs_diff(full.params, _run(data, epochs=3).params) > 0  # other examples
+    _run(_Stream(data), tmp_path, epochs=2)
+    resumed = _Stream(data)
+    again = _run(resumed, tmp_path, epochs=3, resume=True)
+    assert resumed.calls == [2]
+    _equal(again.params, full.params)
+    with pytest.raises(ValueError, match=r"epoch_examples\(0\) gave x \(5, 6\)"):
+        _run(_Stream(data, shape_ok=False), epochs=1)
