@@ -5,6 +5,7 @@ from __future__ import annotations
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_matmul, acc_sum
 
 __all__ = ["linear"]
 
@@ -32,14 +33,15 @@ def linear_bwd(res, dy):
       ∂L/∂X_ni = Σ_j dY_nj W_ij          -> dX = dY Wᵀ            (..., I)
       ∂L/∂W_ij = Σ_n X_ni dY_nj          -> dW = Xᵀ dY = Σ_n x_n ⊗ dy_n   (I, O)
       ∂L/∂b_j  = Σ_n dY_nj               -> db = Σ_batch dY       (O,)
-    Leading dims are flattened so dW is one GEMM whatever the batch rank.
+    Leading dims are flattened so dW is one GEMM whatever the batch rank. dW and db are sums
+    over the batch: accumulated in float32 for half inputs (`funcbp.ops._precision`).
     """
     x, w = res
     dx = dy @ w.T  # (..., I)
     x2 = x.reshape(-1, x.shape[-1])  # (N, I)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, O)
-    dw = x2.T @ dy2  # (I, O)
-    db = dy2.sum(axis=0)  # (O,)
+    dw = acc_matmul(x2.T, dy2)  # (I, O)
+    db = acc_sum(dy2, 0)  # (O,)
     return dx, dw, db
 
 
