@@ -81,7 +81,15 @@ def serial(*layers: Layer, name: str | None = None, **named: Layer) -> Layer:
         return pack(children, grads), dx
 
     name = name or "serial"
-    return Layer(name, init, apply, forward, backward, children=children, kind="serial")
+    return Layer(name, init, apply, forward, backward, children=children, kind="serial",
+                 rebuild=lambda new: _serial_of(new, name))  # fmt: skip
+
+
+def _serial_of(children, name):
+    """`serial` over ``(name, layer)`` pairs: positional when the names are 0, 1, …"""
+    if [n for n, _ in children] == list(range(len(children))):
+        return serial(*(layer for _, layer in children), name=name)
+    return serial(**dict(children), name=name)
 
 
 def residual(branch: Layer, *, name: str | None = None) -> Layer:
@@ -118,8 +126,10 @@ def residual(branch: Layer, *, name: str | None = None) -> Layer:
         dparams, dx = backward_layer(branch, params, tape, dy, tap=tap, path=path)
         return dparams, dy + dx  # skip + branch
 
+    remade = lambda new: residual(new[0][1], name=name)
     name = name or f"residual({branch.name})"
-    return Layer(name, init, apply, forward, backward, children=children, kind="residual")
+    return Layer(name, init, apply, forward, backward, children=children, kind="residual",
+                 rebuild=remade)  # fmt: skip
 
 
 # -- paths into nested params (dicts and tuples) --------------------------------------------
@@ -200,5 +210,6 @@ def tie(
         return set_in(del_in(grads, shared), to, both), dx
 
     children = ((None, model),)
+    remade = lambda new: tie(new[0][1], shared=shared, to=to, name=name)
     name = name or f"tied({model.name})"
-    return Layer(name, init, apply, forward, backward, children, kind="tie")
+    return Layer(name, init, apply, forward, backward, children, kind="tie", rebuild=remade)
