@@ -161,17 +161,20 @@ def walk_back(children: Sequence, params, tape, dy, *, tap=None, path=()):
     return grads, dy
 
 
-def loss_and_grad(model, loss_op: Op, params, state, x, y, *, key=None, train=True, tap=None):
+def loss_and_grad(
+    model, loss_op: Op, params, state, x, y, *, key=None, train=True, tap=None, seed=1.0
+):
     """``((loss, (new_state, outputs)), grads)`` by the explicit reverse pass.
 
     The same contract as ``jax.value_and_grad(loss_fn, has_aux=True)``: the loss is
-    ``loss_op(model(x), y)`` and ``grads`` has the structure of ``params``.
+    ``loss_op(model(x), y)`` and ``grads`` has the structure of ``params``. ``seed`` is dE/dE
+    (1; a loss scale S gives the gradients of S·loss, `funcbp.training.loss_scale`).
     """
     out, new_state, tape = run_layer(
         model, params, state, x, key=key, train=train, source="explicit", tap=tap
     )
     loss, loss_residuals = loss_op.fwd(out, y)
-    seed = jnp.ones((), loss.dtype)  # dE/dE = 1
+    seed = jnp.asarray(seed, loss.dtype)  # dE/dE = 1 (or the loss scale)
     dout = loss_op.bwd(loss_residuals, seed)[0]
     grads, _ = backward_layer(model, params, tape, dout, tap=tap)
     return (loss, (new_state, out)), grads
