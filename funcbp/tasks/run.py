@@ -69,7 +69,8 @@ class Run:
     @property
     def fit_config(self) -> FitConfig:
         o = self.options
-        return FitConfig(o["epochs"], o["batch_size"], o["seed"], o["source"], o["steps_per_call"])
+        return FitConfig(o["epochs"], o["batch_size"], o["seed"], o["source"], o["steps_per_call"],
+                         precision=o["precision"])  # fmt: skip
 
 
 def environment() -> dict:
@@ -191,6 +192,8 @@ def finish(run: Run, result: FitResult, seconds: float, extra: dict | None = Non
         "n_params": int(sum(np.size(p) for p in jax.tree.leaves(result.params))),
         "seconds": seconds,
         "steps_per_second": steps_per_second(result, run.options["batch_size"], n_train),
+        "precision": run.options["precision"],
+        **{k: h[k] for k in ("skipped_steps", "loss_scale") if k in h},  # float16 only
     }
     if run.task.evaluate is not None and result.epochs_run:
         metrics.update(run.task.evaluate(run.model, result.params, result.state, run.data,
