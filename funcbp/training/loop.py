@@ -370,9 +370,8 @@ def fit(
     process 0 only), ``resume=True`` continuing from it. Raises `NonFiniteError` when a step
     meets NaN/Inf: the params of that epoch are discarded and the last checkpoint is kept.
 
-    ``config.precision`` (`funcbp.training.precision`): the ops compute in bfloat16/float16
-    with float32 params and optimizer state; float16 adds dynamic loss scaling, whose skipped
-    steps are counted (history ``skipped_steps``, ``loss_scale``), not raised.
+    ``config.precision`` (`funcbp.training.precision`): bf16/f16 compute, float32 params;
+    float16's loss-scaled skipped steps are counted (history ``skipped_steps``), not raised.
 
     ``mesh`` (`funcbp.training.distributed.make_mesh`): shard every batch over its ``"data"``
     axis and replicate the params (2-D weights split over ``"model"`` when that axis is wider
