@@ -67,7 +67,8 @@ PEAK_TFLOPS = (  # dense bfloat16 tensor-core peak per chip, TFLOP/s (vendor dat
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """What one run measures: the GPT and its batch, attention shapes (B, H, T, D), the MLP
-    and CNN batches and widths, the timed rounds and steps per timed call."""
+    widths and batch, the CNN batch and channels, the precisions of the MLP/CNN rows, the
+    timed rounds, steps per timed call, and the matmul size of a measured peak."""
 
     gpt: GPTConfig
     gpt_batch: int
@@ -76,6 +77,7 @@ class Sizes:
     mlp_batch: int
     cnn_batch: int
     cnn_channels: tuple[int, int]
+    precisions: tuple[str, ...]
     repeats: int
     inner: int
     matmul: int
@@ -85,11 +87,11 @@ SIZES = {
     "full": Sizes(
         GPTConfig(vocab=50304, context=1024, layers=12, heads=12, width=768), 16,
         ((16, 12, 1024, 64), (4, 12, 4096, 64)), (4096, 4096, 4096, 10), 1024, 512, (32, 64),
-        repeats=7, inner=5, matmul=8192,
+        ("f32", "bf16"), repeats=7, inner=5, matmul=8192,
     ),
     "smoke": Sizes(
         GPTConfig(vocab=16, context=8, layers=1, heads=2, width=8), 2,
-        ((1, 2, 16, 8),), (8, 10), 4, 2, (2, 2), repeats=2, inner=1, matmul=64,
+        ((1, 2, 16, 8),), (8, 10), 4, 2, (2, 2), ("bf16",), repeats=2, inner=1, matmul=64,
     ),
 }  # fmt: skip
 
@@ -231,7 +233,8 @@ def bench_attention(sizes: Sizes, shape) -> dict[str, Any]:
 
 
 def bench_models(sizes: Sizes) -> dict[str, Any]:
-    """MLP and CNN train steps, hand vs autodiff, float32 and bf16: seconds per step."""
+    """MLP and CNN train steps, hand vs autodiff, per precision (float32 and bf16; the smoke
+    run: bf16 only): seconds per step."""
     kx, ky = jax.random.split(jax.random.key(4))
     x_vec = jax.random.normal(kx, (sizes.mlp_batch, 784), jnp.float32)
     x_img = jax.random.normal(kx, (sizes.cnn_batch, 8, 8, 1), jnp.float32)
@@ -245,7 +248,7 @@ def bench_models(sizes: Sizes) -> dict[str, Any]:
     }  # fmt: skip
     out = {}
     for name, (model, batch) in models.items():
-        for precision in ("f32", "bf16"):
+        for precision in sizes.precisions:
             res = _time_steps(apply_policy(model, precision), batch, sizes, optax.sgd(1e-2))
             out[f"{name} {precision}"] = res
     return out

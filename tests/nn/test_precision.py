@@ -11,7 +11,7 @@ import pytest
 from funcbp import backprop, check, nn, ops
 from funcbp.nn.gpt import GPTConfig, gpt
 from funcbp.nn.precision import compute_in
-from funcbp.nn.remat import remat, remat_segments
+from funcbp.nn.remat import remat_segments
 from funcbp.training import make_loss_fn
 
 BF16 = jnp.bfloat16
@@ -26,9 +26,6 @@ def _models():
         "cnn": (nn.cnn(4, channels=(2, 3), hidden=5),
                 jax.random.normal(jax.random.key(2), (4, 8, 8, 1), jnp.float32), jnp.arange(4)),
         "gpt (tied, remat segments)": (gpt(tiny_gpt), ids, ids),
-        "remat(residual)": (remat(nn.residual(nn.mlp([6, 6]))),
-                            jax.random.normal(jax.random.key(4), (2, 6), jnp.float32),
-                            jnp.arange(2)),
     }  # fmt: skip
 
 
@@ -45,8 +42,13 @@ def _grads(model, params, state, x, y, source):
     return jax.jit(fn, compiler_options=STRICT)(params)
 
 
-@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize(
+    "name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow),
+             pytest.param("gpt (tied, remat segments)", marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_compute_in_bf16(name):
+    """Same params; float32 output and gradients; the explicit engine equals the hand path
+    (every op rounding as written); hand and autodiff, both in bf16, within a few percent."""
     model, x, y = _models()[name]
     low = compute_in(model, BF16)
     shape = tuple(x.shape[1:])
@@ -63,8 +65,6 @@ def test_compute_in_bf16(name):
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(explicit))
     assert check.compare(explicit, hand, tol=1e-6).ok  # the same hand rules, same roundings
     assert check.compare(hand, auto, tol=0.1).ok  # bf16 vs bf16: a few percent at most
-    f32 = _grads(model, params, state, x, y, "hand")
-    assert check.compare(hand, f32, tol=0.1).ok
 
 
 def test_an_activation_between_layers_is_bf16():
