@@ -161,19 +161,22 @@ def walk_back(children: Sequence, params, tape, dy, *, tap=None, path=()):
     return grads, dy
 
 
-def loss_and_grad(model, loss_op: Op, params, state, x, y, *, key=None, train=True, tap=None):
+def loss_and_grad(
+    model, loss_op: Op, params, state, x, y, *, key=None, train=True, tap=None, seed=1.0
+):
     """``((loss, (new_state, outputs)), grads)`` by the explicit reverse pass.
 
     The same contract as ``jax.value_and_grad(loss_fn, has_aux=True)``: the loss is
     ``loss_op(model(x), y)`` (``loss_op(*model(x), y)`` for a tuple output) and ``grads`` has
-    the structure of ``params``.
+    the structure of ``params``. ``seed`` is dE/dE (1; a loss scale S gives the gradients of
+    S·loss, `funcbp.training.loss_scale`).
     """
     out, new_state, tape = run_layer(
         model, params, state, x, key=key, train=train, source="explicit", tap=tap
     )
     outs = out if isinstance(out, tuple) else (out,)  # a tuple output: loss(*out, y)
     loss, loss_residuals = loss_op.fwd(*outs, y)
-    seed = jnp.ones((), loss.dtype)  # dE/dE = 1
+    seed = jnp.asarray(seed, loss.dtype)  # dE/dE = 1 (or the loss scale)
     grads = tuple(loss_op.bwd(loss_residuals, seed))
     dout = grads[: len(outs)] if isinstance(out, tuple) else grads[0]
     grads, _ = backward_layer(model, params, tape, dout, tap=tap)

@@ -1,6 +1,7 @@
 """``funcbp check``: every op's hand VJP vs jax.grad and finite differences (the default),
 a whole model's divergence report (``--model``), mutation testing of the checker
-(``--mutants``) and calibrated float32 tolerances (``--calibrate``) — rendered as tables.
+(``--mutants``), calibrated float32 tolerances (``--calibrate``) and each op's error in
+bfloat16/float16 against autodiff's (``--precision bf16``) — rendered as tables.
 
 Exit status: 0 all pass, 1 something failed, 2 bad arguments.
 """
@@ -146,6 +147,37 @@ def _calibration_table(calibrations):
     return table
 
 
+def _precision_table(reports, draws: int):
+    from funcbp.check.precision import FLOOR, RULE
+
+    table = _table(
+        f"funcbp check --precision {reports[0].dtype if reports else ''}: hand VJP vs jax.grad "
+        f"of the reference, both in that dtype, errors vs float64 ({draws} draws pooled; rule: "
+        f"hand <= {RULE:g} x autodiff + {FLOOR:.0e})",
+        ("op", "worst array", "hand error", "autodiff error", "ratio", ""),
+        ("hand error", "autodiff error", "ratio"),
+    )
+    for r in reports:
+        w = r.worst
+        table.add_row(r.name, w.name, f"{w.hand:.2e}", f"{w.autodiff:.2e}", f"{w.ratio:.2f}",
+                      _mark(r.ok))  # fmt: skip
+    return table
+
+
+def check_precision(ops, precision: str, draws: int, print_fn=None) -> int:
+    """``funcbp check --precision bf16|f16``: the precision report of ``ops``; 0 when every op
+    meets the rule, 1 otherwise."""
+    from funcbp.check.precision import check_registry_precision
+    from funcbp.training.precision import get_policy
+
+    print_fn = print_fn or console().print
+    reports = check_registry_precision(get_policy(precision).compute_dtype, draws=draws, ops=ops)
+    print_fn(_precision_table(reports, draws))
+    failed = [r.name for r in reports if not r.ok]
+    print_fn(f"{len(reports) - len(failed)} passed, {len(failed)} failed {failed or ''}")
+    return 1 if failed else 0
+
+
 def check_model(name: str, *, seed: int = 0, batch: int = 32, print_fn=None) -> int:
     """``funcbp check --model NAME``: the divergence report of a task's model (float64 and
     float32), one table each; 0 when hand and autodiff agree everywhere, 1 otherwise."""
@@ -217,9 +249,11 @@ def run_check(args) -> int:
     if args.model:
         return check_model(args.model)
     what = " --mutants" if args.mutants else " --calibrate" if args.calibrate else ""
-    ops = _ops(args.ops, what)
+    ops = _ops(args.ops, what or (" --precision" if args.precision else ""))
     if ops is None:
         return 2
+    if args.precision:
+        return check_precision(ops, args.precision, args.seeds)
     out = console()
     if args.mutants:
         from funcbp.check.mutate import mutate_registry

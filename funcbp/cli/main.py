@@ -49,6 +49,13 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="float32 tolerances calibrated from the reference's own f32 error",
     )
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "f16"),
+        default=None,
+        help="each op in bfloat16/float16: hand VJP error vs autodiff's, both against float64 "
+        "(FlashAttention's rule: ratio <= 2); --seeds draws are pooled",
+    )
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ from funcbp.nn.models import mlp as mlp
 from funcbp.nn.norm import BatchNorm as BatchNorm
 from funcbp.nn.norm import LayerNorm as LayerNorm
 from funcbp.nn.norm import RMSNorm as RMSNorm
+from funcbp.nn.precision import compute_in as compute_in
 from funcbp.nn.recurrent import LSTM as LSTM
 from funcbp.nn.recurrent import RNN as RNN
 from funcbp.nn.remat import remat as remat
@@ -57,6 +58,7 @@ __all__ = [
     "parallel",
     "remat",
     "remat_segments",
+    "compute_in",
     "Dense",
     "Project",
     "SwiGLU",

@@ -95,7 +95,15 @@ def serial(*layers: Layer, name: str | None = None, **named: Layer) -> Layer:
         return pack(children, grads), dx
 
     name = name or "serial"
-    return Layer(name, init, apply, forward, backward, children=children, kind="serial")
+    return Layer(name, init, apply, forward, backward, children=children, kind="serial",
+                 rebuild=lambda new: _serial_of(new, name))  # fmt: skip
+
+
+def _serial_of(children, name):
+    """`serial` over ``(name, layer)`` pairs: positional when the names are 0, 1, …"""
+    if [n for n, _ in children] == list(range(len(children))):
+        return serial(*(layer for _, layer in children), name=name)
+    return serial(**dict(children), name=name)
 
 
 def residual(branch: Layer, *, name: str | None = None) -> Layer:
@@ -132,8 +140,10 @@ def residual(branch: Layer, *, name: str | None = None) -> Layer:
         dparams, dx = backward_layer(branch, params, tape, dy, tap=tap, path=path)
         return dparams, dy + dx  # skip + branch
 
+    remade = lambda new: residual(new[0][1], name=name)
     name = name or f"residual({branch.name})"
-    return Layer(name, init, apply, forward, backward, children=children, kind="residual")
+    return Layer(name, init, apply, forward, backward, children=children, kind="residual",
+                 rebuild=remade)  # fmt: skip
 
 
 # -- paths into nested params (dicts and tuples) --------------------------------------------
@@ -214,8 +224,9 @@ def tie(
         return set_in(del_in(grads, shared), to, both), dx
 
     children = ((None, model),)
+    remade = lambda new: tie(new[0][1], shared=shared, to=to, name=name)
     name = name or f"tied({model.name})"
-    return Layer(name, init, apply, forward, backward, children, kind="tie")
+    return Layer(name, init, apply, forward, backward, children, kind="tie", rebuild=remade)
 
 
 def _add(a, b):
@@ -278,5 +289,9 @@ def parallel(*layers: Layer, name: str | None = None, **named: Layer) -> Layer:
             dx = _add(dx, dxi)  # every branch read x: the fan-out sums
         return pack(children, grads), dx
 
+    remade = lambda new: (
+        parallel(*(c for _, c in new), name=name) if layers else parallel(name=name, **dict(new))
+    )
     name = name or "parallel"
-    return Layer(name, init, apply, forward, backward, children=children, kind="parallel")
+    return Layer(name, init, apply, forward, backward, children=children, kind="parallel",
+                 rebuild=remade)  # fmt: skip

@@ -44,7 +44,10 @@ class Layer:
 
     ``children``: ``(name, layer)`` pairs of a combinator (empty for a leaf); ``kind`` says
     which combinator (``"leaf"``, ``"serial"``, ``"residual"``, ``"tie"``, ``"remat"``);
-    ``op``: the op an `op_layer` applies.
+    ``op``: the op an `op_layer` applies. ``rebuild(children)``: the same combinator over other
+    children (same names); ``cast(dtype)``: the same leaf computing in ``dtype`` (its ops cast
+    their float inputs inside, `funcbp.ops.Op.cast`; params stay as they are). Both are
+    ``None`` where they do not apply: `funcbp.nn.precision.compute_in` walks them.
     """
 
     name: str
@@ -55,14 +58,17 @@ class Layer:
     children: tuple[tuple[Hashable | None, Layer], ...] = ()
     kind: str = "leaf"
     op: Op | None = None  # the op of an `op_layer` (checks look at it: kinks, mutants)
+    rebuild: Callable[[tuple], Layer] | None = dataclasses.field(default=None, repr=False)
+    cast: Callable[[Any], Layer] | None = dataclasses.field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
 
 
-def leaf(name: str, init, apply, forward, backward, *, op: Op | None = None) -> Layer:
+def leaf(name: str, init, apply, forward, backward, *, op: Op | None = None, cast=None) -> Layer:
     """A leaf `Layer` whose ``apply`` handles ``"hand"`` and ``"autodiff"``; ``"explicit"`` is
-    answered by ``forward`` (its residuals dropped), so every layer takes every source."""
+    answered by ``forward`` (its residuals dropped), so every layer takes every source.
+    ``cast(dtype) -> Layer``: this leaf computing in ``dtype`` (`Layer.cast`)."""
 
     def apply_any(params, state, x, *, key=None, train=False, source="hand"):
         if check_source(source, f"{name}: source") == "explicit":
@@ -70,7 +76,7 @@ def leaf(name: str, init, apply, forward, backward, *, op: Op | None = None) -> 
             return y, new_state
         return apply(params, state, x, key=key, train=train, source=source)
 
-    return Layer(name, init, apply_any, forward, backward, op=op)
+    return Layer(name, init, apply_any, forward, backward, op=op, cast=cast)
 
 
 def op_layer(
@@ -82,6 +88,7 @@ def op_layer(
     *,
     remat: bool = False,
     inputs: int = 1,
+    compute_dtype=None,
 ) -> Layer:
     """A stateless layer computing ``op(*x, *params[names], **static)``.
 
@@ -91,7 +98,14 @@ def op_layer(
     has the structure of ``x``. ``remat=True``: save only the op's inputs and recompute its
     residuals on the backward pass (`Op.remat` on the hand path and in the explicit engine,
     `jax.checkpoint` of the reference on the autodiff path); same values and gradients.
+    ``compute_dtype``: run the op in this dtype (`Op.cast`: float inputs and params are cast
+    inside the op; parameter gradients come back in the params' dtype, accumulated in float32
+    for half precision); ``None`` computes in the inputs' own dtype. The layer's ``cast``
+    rebuilds it with another one.
     """
+    remade = dict(param_names=param_names, static=static, remat=remat, inputs=inputs)
+    cast = lambda dtype, base=op: op_layer(name, base, init, compute_dtype=dtype, **remade)
+    op = op.cast(compute_dtype)
     engine_op = op.remat if remat else op  # what the explicit engine's fwd/bwd run
     # Bind once with placeholders: static config with the op's defaults applied, frozen.
     _, frozen = op.split((None,) * op.n_arrays, dict(static or {}))
@@ -121,6 +135,13 @@ def op_layer(
     def backward(params, residuals, dy):
         grads = tuple(engine_op.bwd(residuals, dy, **static))
         dx = grads[0] if inputs == 1 else grads[:inputs]
-        return dict(zip(names, grads[inputs:], strict=True)), dx
+        dparams = {n: _like(g, params[n]) for n, g in zip(names, grads[inputs:], strict=True)}
+        return dparams, dx
 
-    return leaf(name, init_fn, apply, forward, backward, op=op)
+    return leaf(name, init_fn, apply, forward, backward, op=op, cast=cast)
+
+
+def _like(grad, param):
+    """A parameter's gradient in the parameter's dtype (a ``bwd`` may return it in its float32
+    accumulation dtype, `funcbp.ops._precision`), as the hand path's custom_vjp does."""
+    return grad if grad is None or grad.dtype == param.dtype else grad.astype(param.dtype)

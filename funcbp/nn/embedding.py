@@ -41,16 +41,29 @@ def Embedding(vocab: int, dim: int, *, init=None) -> Layer:
     return op_layer(f"embedding{vocab}x{dim}", embedding, init_fn, ("table",))
 
 
+def _positions(x):
+    """The position ids of (N, T, W): 0..T−1 for every example, (N, T)."""
+    return jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+
+
 def PositionEmbedding(context: int, dim: int, *, init=None) -> Layer:
     """x (N, T, dim) -> x + P[0..T), T <= ``context``. Params ``{"table": (context, dim)}``
     (default N(0, 0.02²)).
 
-    Backward: ``dx = dy`` (an addition), and the rows are looked up at positions 0..T−1 that
-    every example shares, so the table's gradient is `funcbp.ops.embedding`'s scatter-add of
-    ``Σ_n dy[n]`` (the broadcast over the batch becomes a sum over it): rows ≥ T get 0.
+    Backward: ``dx = dy`` (an addition), and every example looks up rows 0..T−1, so the
+    table's gradient is `funcbp.ops.embedding`'s scatter-add of all N·T rows of ``dy``: row t
+    gets ``Σ_n dy[n, t]``, rows ≥ T get 0. The sum over the batch happens inside the op's
+    backward (in float32 for half precision, once per device before the data-parallel
+    reduction), not in a broadcast's transpose in the activations' dtype.
     """
     _positive("PositionEmbedding", context=context, dim=dim)
     init = initializers.check(init or initializers.normal(0.02), "PositionEmbedding: init")
+    return _position(context, dim, init, None)
+
+
+def _position(context, dim, init, compute_dtype) -> Layer:
+    """`PositionEmbedding` looking its rows up in ``compute_dtype`` (`funcbp.ops.Op.cast`)."""
+    lookup = embedding.cast(compute_dtype)
 
     def _check(x):
         if x.ndim != 3 or x.shape[-1] != dim or not 1 <= x.shape[1] <= context:
@@ -69,19 +82,20 @@ def PositionEmbedding(context: int, dim: int, *, init=None) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False, source="hand"):
         _check(x)
-        pos = embedding.path(source)(jnp.arange(x.shape[1]), params["table"])  # (T, W)
-        return x + pos[None], state  # broadcast over the batch
+        pos = lookup.path(source)(_positions(x), params["table"])  # (N, T, W)
+        return x + pos, state
 
     def forward(params, state, x, *, key=None, train=False):
         _check(x)
-        pos, residuals = embedding.fwd(jnp.arange(x.shape[1]), params["table"])  # (T, W)
-        return x + pos[None], state, residuals
+        pos, residuals = lookup.fwd(_positions(x), params["table"])  # (N, T, W)
+        return x + pos, state, residuals
 
     def backward(params, residuals, dy):
-        _, dtable = embedding.bwd(residuals, jnp.sum(dy, axis=0))  # (context, W)
-        return {"table": dtable}, dy
+        _, dtable = lookup.bwd(residuals, dy)  # (context, W)
+        return {"table": dtable.astype(params["table"].dtype)}, dy
 
-    return leaf(f"position{context}x{dim}", init_fn, apply, forward, backward)
+    cast = lambda dtype: _position(context, dim, init, dtype)
+    return leaf(f"position{context}x{dim}", init_fn, apply, forward, backward, cast=cast)
 
 
 def Unembed(vocab: int, dim: int, *, init=None) -> Layer:

@@ -45,6 +45,13 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"BatchNorm: momentum must be in [0, 1), got {momentum!r}")
+    return _batch_norm(momentum, eps, None)
+
+
+def _batch_norm(momentum, eps, compute_dtype) -> Layer:
+    """`BatchNorm` whose ops compute in ``compute_dtype`` (`funcbp.ops.Op.cast`; ``None``: the
+    input's dtype). The running statistics stay in the state's dtype."""
+    train_op, eval_op = batch_norm.cast(compute_dtype), batch_norm_inference.cast(compute_dtype)
 
     def init(key, input_shape, dtype):
         c = input_shape[-1]
@@ -53,7 +60,7 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return input_shape, params, state
 
     def _update(state, x):
-        mean, var = batch_norm_stats(jax.lax.stop_gradient(x))
+        mean, var = batch_norm_stats(jax.lax.stop_gradient(x).astype(state["mean"].dtype))
         n = x.size // x.shape[-1]
         unbiased = var * (n / max(n - 1, 1))
         return {
@@ -63,18 +70,18 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False, source="hand"):
         if train:
-            y = batch_norm.path(source)(x, params["gamma"], params["beta"], eps=eps)
+            y = train_op.path(source)(x, params["gamma"], params["beta"], eps=eps)
             return y, _update(state, x)
-        y = batch_norm_inference.path(source)(
+        y = eval_op.path(source)(
             x, state["mean"], state["var"], params["gamma"], params["beta"], eps=eps
         )
         return y, state
 
     def forward(params, state, x, *, key=None, train=False):
         if train:
-            y, res = batch_norm.fwd(x, params["gamma"], params["beta"], eps=eps)
+            y, res = train_op.fwd(x, params["gamma"], params["beta"], eps=eps)
             return y, _update(state, x), (True, res)
-        y, res = batch_norm_inference.fwd(
+        y, res = eval_op.fwd(
             x, state["mean"], state["var"], params["gamma"], params["beta"], eps=eps
         )
         return y, state, (False, res)
@@ -82,9 +89,11 @@ def BatchNorm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def backward(params, residuals, dy):
         train, res = residuals
         if train:
-            dx, dgamma, dbeta = batch_norm.bwd(res, dy, eps=eps)
+            dx, dgamma, dbeta = train_op.bwd(res, dy, eps=eps)
         else:  # the running statistics are state, not trained: their cotangents are dropped
-            dx, _, _, dgamma, dbeta = batch_norm_inference.bwd(res, dy, eps=eps)
-        return {"gamma": dgamma, "beta": dbeta}, dx
+            dx, _, _, dgamma, dbeta = eval_op.bwd(res, dy, eps=eps)
+        dtype = params["gamma"].dtype  # the sums come in their accumulation dtype
+        return {"gamma": dgamma.astype(dtype), "beta": dbeta.astype(dtype)}, dx
 
-    return leaf("batch_norm", init, apply, forward, backward)
+    cast = lambda dtype: _batch_norm(momentum, eps, dtype)
+    return leaf("batch_norm", init, apply, forward, backward, cast=cast)

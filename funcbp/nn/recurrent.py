@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from funcbp.nn.core import Layer, leaf
 from funcbp.nn.init import lecun_normal
+from funcbp.ops._precision import acc_dtype
 from funcbp.ops.recurrent import (
     lstm,
     lstm_cell_bwd,
@@ -47,6 +48,18 @@ def _seed(dy, shape_tm, return_sequences):
     if return_sequences:
         return jnp.swapaxes(dy, 0, 1)
     return jnp.zeros(shape_tm, dy.dtype).at[-1].set(dy)
+
+
+def _accumulators(*weights):
+    """Zero sums of the weights' gradients over time, in the cells' accumulation dtype (float32
+    for half-precision weights, as each cell's ``bwd`` returns them)."""
+    return tuple(jnp.zeros(w.shape, acc_dtype(w)) for w in weights)
+
+
+def _as_params(params, dwx, dwh, db):
+    """The summed gradients in the params' own dtypes."""
+    grads = {"wx": dwx, "wh": dwh, "b": db}
+    return {k: g.astype(params[k].dtype) for k, g in grads.items()}
 
 
 def _rnn_forward(params, x, hidden, remat):
@@ -82,12 +95,11 @@ def _rnn_backward(params, residuals, dy, remat, return_sequences):
         dx, dh, dwx_t, dwh_t, db_t = rnn_cell_bwd(full, dh_out + dh_next)
         return (dh, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
 
-    zeros = (jnp.zeros(shape_tm[1:], dy.dtype), jnp.zeros_like(wx), jnp.zeros_like(wh),
-             jnp.zeros_like(b))  # fmt: skip
+    zeros = (jnp.zeros(shape_tm[1:], dy.dtype), *_accumulators(wx, wh, b))
     (_, dwx, dwh, db), dxs = jax.lax.scan(
         step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
     )
-    return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
+    return _as_params(params, dwx, dwh, db), jnp.swapaxes(dxs, 0, 1)
 
 
 def RNN(hidden: int, *, return_sequences: bool = True, remat: bool = False) -> Layer:
@@ -159,11 +171,11 @@ def _lstm_backward(params, residuals, dy, remat, return_sequences):
         return (dh, dc, dwx + dwx_t, dwh + dwh_t, db + db_t), dx
 
     z = jnp.zeros(shape_tm[1:], dy.dtype)
-    zeros = (z, z, jnp.zeros_like(wx), jnp.zeros_like(wh), jnp.zeros_like(b))
+    zeros = (z, z, *_accumulators(wx, wh, b))
     (_, _, dwx, dwh, db), dxs = jax.lax.scan(
         step, zeros, (res, _seed(dy, shape_tm, return_sequences)), reverse=True
     )
-    return {"wx": dwx, "wh": dwh, "b": db}, jnp.swapaxes(dxs, 0, 1)
+    return _as_params(params, dwx, dwh, db), jnp.swapaxes(dxs, 0, 1)
 
 
 def LSTM(

@@ -101,7 +101,8 @@ def remat(layer: Layer, policy: str | Callable | None = None) -> Layer:
         return _recompute(run_forward, run_backward, x, state, key, train, dy)
 
     children = ((None, layer),)
-    return Layer(f"remat({layer.name})", layer.init, apply, forward, backward, children, "remat")
+    return Layer(f"remat({layer.name})", layer.init, apply, forward, backward, children, "remat",
+                 rebuild=lambda new: remat(new[0][1], policy))  # fmt: skip
 
 
 def _sub(tree, group):
@@ -191,4 +192,6 @@ def remat_segments(model: Layer, segment: int, policy: str | Callable | None = N
         return pack(children, grads), dx
 
     name = f"remat({model.name}, segment={segment})"
-    return Layer(name, model.init, apply, forward, backward, children, kind="serial")
+    remade = lambda new: remat_segments(model.rebuild(new), segment, policy)
+    return Layer(name, model.init, apply, forward, backward, children, kind="serial",
+                 rebuild=remade)  # fmt: skip

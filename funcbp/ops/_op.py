@@ -36,6 +36,8 @@ from typing import Any
 
 import jax
 
+from funcbp.ops._precision import cast_floats
+
 __all__ = ["Op", "REGISTRY", "register"]
 
 REGISTRY: dict[str, Op] = {}
@@ -87,21 +89,27 @@ class Op:
         object.__setattr__(self, "_signature", inspect.Signature(params))
         object.__setattr__(self, "_static_names", tuple(p.name for p in params[self.n_arrays :]))
         object.__setattr__(self, "_custom", self._build_custom_vjp())
+        object.__setattr__(self, "_casts", {})
 
     # -- the public function -------------------------------------------------------------
     def _build_custom_vjp(self):
+        """The custom_vjp; ``dtypes`` (static) are the primal arrays' dtypes, and each cotangent
+        ``bwd`` returns is cast to its primal's dtype (JAX #18931: a cotangent must have its
+        primal's dtype). So a ``bwd`` may return a parameter gradient in its accumulation dtype
+        (float32 for half inputs, `funcbp.ops._precision`) and the cast happens here, once."""
         fwd, bwd = self.fwd, self.bwd
         primal = self.primal if self.primal is not None else self.reference
 
-        @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-        def custom(static, *arrays):
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+        def custom(static, dtypes, *arrays):
             return primal(*arrays, **dict(static))
 
-        def custom_fwd(static, *arrays):
+        def custom_fwd(static, dtypes, *arrays):
             return fwd(*arrays, **dict(static))
 
-        def custom_bwd(static, residuals, g):
-            return tuple(bwd(residuals, g, **dict(static)))
+        def custom_bwd(static, dtypes, residuals, g):
+            grads = tuple(bwd(residuals, g, **dict(static)))
+            return tuple(_as_dtype(d, t) for d, t in zip(grads, dtypes, strict=True))
 
         custom.defvjp(custom_fwd, custom_bwd)
         return custom
@@ -150,7 +158,7 @@ class Op:
     def __call__(self, *args, **kwargs):
         """Hand path: the `jax.custom_vjp` function whose backward is ``bwd``."""
         arrays, static = self._checked(args, kwargs)
-        return self._custom(static, *arrays)
+        return self._custom(static, tuple(getattr(a, "dtype", None) for a in arrays), *arrays)
 
     def hand(self, *args, **kwargs):
         """Same as calling the op: forward of the reference, backward by ``bwd``."""
@@ -245,6 +253,26 @@ class Op:
 
         return dataclasses.replace(self, fwd=remat_fwd, bwd=remat_bwd, name=f"{self.name}.remat")
 
+    def cast(self, dtype) -> Op:
+        """This op computing in ``dtype`` (mixed precision; ``None``: the op itself).
+
+        Its float arrays may come in any float dtype (float32 masters): each piece (reference,
+        ``fwd``, primal, ``jvp``, validation) first casts them to ``dtype``, so the forward, its
+        residuals and its output are in ``dtype``, and ``bwd`` runs on them unchanged. On the
+        hand path the casts sit *inside* the custom_vjp: the cotangents ``bwd`` returns are cast
+        to the primals' dtypes (a float32 master gets a float32 gradient, which a ``bwd``
+        accumulates in float32 — `funcbp.ops._precision`), never rounded through ``dtype``. The
+        autodiff path (``.autodiff``) differentiates the casts too: its parameter gradients are
+        formed in ``dtype`` and only then converted, as a plain mixed-precision model's are.
+        Cached per dtype: ``op.cast(d) is op.cast(d)``.
+        """
+        if dtype is None:
+            return self
+        dtype = jax.numpy.dtype(dtype)
+        if dtype not in self._casts:
+            self._casts[dtype] = _cast_op(self, dtype)
+        return self._casts[dtype]
+
     def with_bwd(self, bwd: Callable[..., Any], name: str | None = None) -> Op:
         """A copy with another backward (used to plant bugs and prove the checker fails)."""
         return dataclasses.replace(self, bwd=bwd, name=name or self.name)
@@ -256,6 +284,40 @@ class Op:
 
     def __repr__(self) -> str:
         return f"Op({self.name}{self._signature})"
+
+
+def _as_dtype(cotangent, dtype):
+    """``cotangent`` in ``dtype`` (``None`` and integer/key primals' entries pass through)."""
+    if cotangent is None or dtype is None or getattr(cotangent, "dtype", dtype) == dtype:
+        return cotangent
+    if not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+        return cotangent
+    return cotangent.astype(dtype)
+
+
+def _cast_op(op: Op, dtype) -> Op:
+    """`Op.cast`: every piece that takes the arrays casts the float ones to ``dtype`` first."""
+    n = op.n_arrays
+
+    def casting(fn):
+        @functools.wraps(fn)  # keeps the signature: `Op.split` binds against it
+        def wrapped(*args, **static):
+            return fn(*cast_floats(args[:n], dtype), *args[n:], **static)
+
+        return wrapped
+
+    def jvp(primals, tangents, **static):
+        return op.jvp(cast_floats(primals, dtype), cast_floats(tangents, dtype), **static)
+
+    return dataclasses.replace(
+        op,
+        name=f"{op.name}.{dtype.name}",
+        reference=casting(op.reference),
+        fwd=casting(op.fwd),
+        primal=None if op.primal is None else casting(op.primal),
+        validate=None if op.validate is None else casting(op.validate),
+        jvp=None if op.jvp is None else jvp,
+    )
 
 
 def register(op: Op) -> Op:

@@ -32,6 +32,7 @@ from jax import lax
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_dtype, acc_sum
 
 __all__ = ["conv2d"]
 
@@ -135,7 +136,9 @@ def _dw_gemm(x, w, dy, strides, pads):
     p = _patches(x, kh, kw, strides, pads, (ho, wo)).reshape(-1, k)  # (N·HO·WO, K)
     # 2-D Pᵀ·dY: XLA's CPU dot runs the transposed operand in place; a 3-axis contraction of
     # the 4-D arrays made it copy P into (K, N·HO·WO) first (measured 1.2–1.25× slower).
-    dw = lax.dot_general(p, dy.reshape(-1, o), (((0,), (0,)), ((), ())))  # (K, O)
+    dw = lax.dot_general(
+        p, dy.reshape(-1, o), (((0,), (0,)), ((), ())), preferred_element_type=acc_dtype(p, dy)
+    )  # (K, O), float32 for half inputs (`funcbp.ops._precision`)
     return dw.reshape(w.shape)
 
 
@@ -200,8 +203,14 @@ def _dw_lax(x, w, dy, strides, pads):
     rest = _remainders(x.shape, w.shape[:2], strides, pads, dy.shape[1:3])
     dw_pads = [(lo, hi - r) for (lo, hi), r in zip(pads, rest, strict=True)]
     return lax.conv_general_dilated(
-        x, dy, (1, 1), dw_pads, rhs_dilation=strides, dimension_numbers=("CHWN", "IHWO", "HWNC")
-    )  # (KH, KW, C, O)
+        x,
+        dy,
+        (1, 1),
+        dw_pads,
+        rhs_dilation=strides,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+        preferred_element_type=acc_dtype(x, dy),
+    )  # (KH, KW, C, O), float32 for half inputs
 
 
 GEMM_MAX_PATCH_BYTES = 16 * 2**20
@@ -333,7 +342,7 @@ def conv2d_bwd(res, dy, stride=1, padding="SAME", *, method=None):
     x, w = res
     strides, pads, out_hw = _geometry(x, w, stride, padding)
     _, dx_method, dw_method = _plan(method, x, w, out_hw)
-    db = dy.sum(axis=(0, 1, 2))  # (O,)
+    db = acc_sum(dy, (0, 1, 2))  # (O,)
     dw = (_dw_gemm if dw_method == "gemm" else _dw_lax)(x, w, dy, strides, pads)  # (KH,KW,C,O)
     if dx_method == dw_method == "gemm":
         # dW before dP: P (K/C times X, shared with the forward) is freed before dP (as big)

@@ -18,6 +18,7 @@ import numpy as np
 from funcbp.ops import _sample
 from funcbp.ops._checks import is_concrete, require_array, require_float, require_ndim
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_dtype
 
 __all__ = ["embedding"]
 
@@ -44,8 +45,11 @@ def embedding_bwd(res, g):
     was NaN fill, which does not depend on the table).
     """
     ids, table = res
+    acc = acc_dtype(table)  # float32 for a half table: repeated ids add up without rounding
     dtable = (
-        jnp.zeros(table.shape, table.dtype).at[ids].add(g, mode="drop", wrap_negative_indices=False)
+        jnp.zeros(table.shape, acc)
+        .at[ids]
+        .add(g.astype(acc), mode="drop", wrap_negative_indices=False)
     )  # (V, D)
     return None, dtable
 

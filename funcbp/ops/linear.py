@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_dtype, acc_sum
 
 __all__ = ["linear"]
 
@@ -37,14 +38,15 @@ def linear_bwd(res, dy):
     Leading dims are flattened so dW is one GEMM whatever the batch rank. Both products are
     written as contractions (einsum) rather than with ``w.T``/``x.T``: a materialised transpose
     of W is a weight-sized temporary, which at small batch made the whole train step need one
-    weight matrix more than autodiff's (benchmarks/RESULTS.md, "MLP sweep").
+    weight matrix more than autodiff's (benchmarks/RESULTS.md, "MLP sweep"). dW and db are
+    sums over the batch: accumulated in float32 for half inputs (`funcbp.ops._precision`).
     """
     x, w = res
     dx = jnp.einsum("...o,io->...i", dy, w)  # dY Wᵀ  (..., I)
     x2 = x.reshape(-1, x.shape[-1])  # (N, I)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, O)
-    dw = jnp.einsum("ni,no->io", x2, dy2)  # Xᵀ dY  (I, O)
-    db = dy2.sum(axis=0)  # (O,)
+    dw = jnp.einsum("ni,no->io", x2, dy2, preferred_element_type=acc_dtype(x2, dy2))  # Xᵀ dY
+    db = acc_sum(dy2, 0)  # (O,)
     return dx, dw, db
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype, require_shape
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_sum
 
 __all__ = ["layer_norm", "batch_norm", "batch_norm_inference", "batch_norm_stats"]
 
@@ -53,8 +54,8 @@ def _normalise_bwd(g, x, mean, rstd, gamma, axes):
     mean_dxhat_xhat = jnp.mean(dxhat * xhat, axis=axes, keepdims=True)
     dx = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)  # (..., D)
     lead = tuple(range(g.ndim - 1))  # γ, β are per feature: sum over everything else
-    dgamma = jnp.sum(g * xhat, axis=lead)  # (D,)
-    dbeta = jnp.sum(g, axis=lead)  # (D,)
+    dgamma = acc_sum(g * xhat, lead)  # (D,), float32 for half inputs (`ops._precision`)
+    dbeta = acc_sum(g, lead)  # (D,)
     return dx, dgamma, dbeta
 
 
@@ -331,8 +332,8 @@ def batch_norm_inference_bwd(res, g, eps=1e-5):
     scale = rstd * gamma  # (C,)
     xhat = (x - _lift(mean, n)) * _lift(rstd, n)  # (..., C)
     dx = g * _lift(scale, n)  # (..., C)
-    dbeta = jnp.sum(g, axis=lead)  # (C,)
-    dgamma = jnp.sum(g * xhat, axis=lead)  # (C,)
+    dbeta = acc_sum(g, lead)  # (C,), float32 for half inputs
+    dgamma = acc_sum(g * xhat, lead)  # (C,)
     dmean = -scale * dbeta  # (C,)
     dvar = -0.5 * rstd * rstd * gamma * dgamma  # (C,)
     return dx, dmean, dvar, dgamma, dbeta

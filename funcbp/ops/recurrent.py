@@ -20,6 +20,7 @@ from jax import lax
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_matmul, acc_sum
 
 __all__ = ["rnn_cell", "lstm_cell", "rnn", "lstm"]
 
@@ -45,9 +46,9 @@ def _affine_bwd(x, h, wx, wh, dz):
     dx = dz @ wx.T  # (..., D)
     dh = dz @ wh.T  # (..., H)
     dz2 = dz.reshape(-1, dz.shape[-1])  # (N, K)
-    dwx = x.reshape(-1, x.shape[-1]).T @ dz2  # (D, K)
-    dwh = h.reshape(-1, h.shape[-1]).T @ dz2  # (H, K)
-    db = dz2.sum(axis=0)  # (K,)
+    dwx = acc_matmul(x.reshape(-1, x.shape[-1]).T, dz2)  # (D, K), float32 for half inputs
+    dwh = acc_matmul(h.reshape(-1, h.shape[-1]).T, dz2)  # (H, K)
+    db = acc_sum(dz2, 0)  # (K,)
     return dx, dh, dwx, dwh, db
 
 

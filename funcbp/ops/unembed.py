@@ -12,6 +12,7 @@ from __future__ import annotations
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype
 from funcbp.ops._op import Op, register
+from funcbp.ops._precision import acc_matmul
 
 __all__ = ["unembed"]
 
@@ -40,7 +41,7 @@ def unembed_bwd(res, g):
     dx = g @ table  # (..., D)
     x2 = x.reshape(-1, x.shape[-1])  # (N, D)
     g2 = g.reshape(-1, g.shape[-1])  # (N, V)
-    dtable = g2.T @ x2  # (V, D)
+    dtable = acc_matmul(g2.T, x2)  # (V, D), float32 for half inputs (`ops._precision`)
     return dx, dtable
 
 

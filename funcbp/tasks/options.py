@@ -17,6 +17,7 @@ from typing import Any
 from funcbp.backprop import SOURCES
 from funcbp.nn.remat import POLICIES
 from funcbp.training.optim import OPTIMIZERS, SCHEDULES
+from funcbp.training.precision import PRECISIONS
 
 __all__ = ["Option", "RUN", "TRAINING", "resolve"]
 
@@ -86,6 +87,9 @@ TRAINING = (
            "blocks) on the backward pass; 0 keeps them", minimum=0),
     Option("remat_policy", str, "nothing_saveable", "what --remat may still save",
            choices=tuple(POLICIES)),
+    Option("precision", str, "f32", "ops compute in float32, bfloat16 or float16 (with "
+           "dynamic loss scaling); params and optimizer state stay float32",
+           choices=PRECISIONS),
 )  # fmt: skip
 """Options every task reads (a task may change their defaults)."""
 

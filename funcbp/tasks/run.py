@@ -69,7 +69,8 @@ class Run:
     @property
     def fit_config(self) -> FitConfig:
         o = self.options
-        return FitConfig(o["epochs"], o["batch_size"], o["seed"], o["source"], o["steps_per_call"])
+        return FitConfig(o["epochs"], o["batch_size"], o["seed"], o["source"], o["steps_per_call"],
+                         precision=o["precision"])  # fmt: skip
 
 
 def environment() -> dict:
@@ -192,6 +193,8 @@ def finish(run: Run, result: FitResult, seconds: float, extra: dict | None = Non
         "seconds": seconds,
         "steps_per_second": steps_per_second(result, run.options["batch_size"], n_train),
         "epoch_seconds": h["seconds"],
+        "precision": run.options["precision"],
+        **{k: h[k] for k in ("skipped_steps", "loss_scale") if k in h},  # float16 only
     }
     if "tokens_per_example" in run.info:  # sequence tasks: the speed in tokens
         per_step = run.options["batch_size"] * run.info["tokens_per_example"]

@@ -1,8 +1,11 @@
 """Training: the jitted step (forward, hand VJPs, optax update, NaN guard), optimizers, the fit
-loop, atomic checkpoints and sharding over JAX meshes."""
+loop, atomic checkpoints, sharding over JAX meshes and mixed precision (`precision` policies,
+float16 `loss_scale`)."""
 
 from funcbp.training import checkpoint as checkpoint
 from funcbp.training import distributed as distributed
+from funcbp.training import loss_scale as loss_scale
+from funcbp.training import precision as precision
 from funcbp.training.guard import finite_flag_names as finite_flag_names
 from funcbp.training.loop import CHECKPOINT_NAME as CHECKPOINT_NAME
 from funcbp.training.loop import Events as Events
@@ -32,6 +35,8 @@ __all__ = [
     "checkpoint",
     "classic_sgd",
     "distributed",
+    "loss_scale",
+    "precision",
     "finite_flag_names",
     "fit",
     "init_model",

@@ -24,7 +24,7 @@ from funcbp import ops
 from funcbp.backprop import check_source
 from funcbp.nn.core import Layer
 from funcbp.ops import Op
-from funcbp.training import checkpoint, distributed
+from funcbp.training import checkpoint, distributed, precision
 from funcbp.training.guard import finite_flag_names
 from funcbp.training.step import make_eval_fn, make_multi_step, make_train_step
 
@@ -46,8 +46,10 @@ CHECKPOINT_NAME = "checkpoint.npz"
 class FitConfig:
     """How to train: ``epochs``, ``batch_size`` (the last partial batch of an epoch is
     dropped, so every step has one shape and compiles once), ``seed``, the gradient ``source``,
-    ``steps_per_call`` (k steps fused per dispatch, `make_multi_step`), ``eval_batch_size`` and
-    the params' ``dtype`` (float inputs are cast to it)."""
+    ``steps_per_call`` (k steps fused per dispatch, `make_multi_step`), ``eval_batch_size``,
+    the params' ``dtype`` (float inputs are cast to it) and the ``precision`` policy the ops
+    compute in (`funcbp.training.precision`: ``"f32"``, ``"bf16"``, ``"f16"`` with loss
+    scaling; the params stay ``dtype``)."""
 
     epochs: int
     batch_size: int
@@ -56,6 +58,7 @@ class FitConfig:
     steps_per_call: int = 1
     eval_batch_size: int = 1024
     dtype: Any = jnp.float32
+    precision: Any = "f32"  # a name in `precision.POLICIES` or a `precision.Policy`
 
     def __post_init__(self):
         for name, least in (("epochs", 0), ("batch_size", 1), ("steps_per_call", 1)):
@@ -63,6 +66,7 @@ class FitConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ValueError(f"fit: {name} must be an int >= {least}, got {v!r}")
         check_source(self.source, "fit: source")
+        precision.get_policy(self.precision)  # a clear error for an unknown name
 
 
 class Events:
@@ -160,12 +164,16 @@ def _evaluate(eval_fn, params, state, x, y, batch_size) -> dict[str, float]:
     return {k: v / n for k, v in total.items()}
 
 
-def _first_bad_step(finite: np.ndarray, names: list[str]) -> tuple[int, list[str]] | None:
+def _first_bad_step(
+    finite: np.ndarray, names: list[str], skipped=None
+) -> tuple[int, list[str]] | None:
     """The first step whose flags are not all true and the tensors it flagged.
 
-    ``finite``: ``(steps, len(names))`` bools, the stacked ``metrics["finite"]``."""
+    ``finite``: ``(steps, len(names))`` bools, the stacked ``metrics["finite"]``; ``skipped``:
+    ``(steps,)`` bools, steps a loss scale skipped (`funcbp.training.loss_scale`): not bad."""
     flags = np.asarray(finite).reshape(-1, len(names))
-    bad_steps = np.nonzero(~flags.all(axis=1))[0]
+    good = flags.all(axis=1) if skipped is None else flags.all(axis=1) | np.asarray(skipped)
+    bad_steps = np.nonzero(~good)[0]
     if bad_steps.size == 0:
         return None
     s = int(bad_steps[0])
@@ -297,7 +305,7 @@ def _run_epoch(loop: _Loop, epoch: int, params, opt_state, state, events: Events
 
 
 def _raise_if_bad(loop: _Loop, stacked, epoch: int, ckpt, last_good: FitResult) -> None:
-    bad = _first_bad_step(stacked["finite"], loop.flag_names)
+    bad = _first_bad_step(stacked["finite"], loop.flag_names, stacked.get("skipped"))
     if bad is None:
         return
     step_in_epoch, tensors = bad
@@ -324,8 +332,11 @@ def _record(history, epoch, stacked, test, seconds) -> dict:
         "test_accuracy": test["accuracy"],
         "seconds": seconds,
     }
+    if "skipped" in stacked:  # a loss-scaled run: skipped steps and the scale, per epoch
+        record["skipped_steps"] = int(np.sum(stacked["skipped"]))
+        record["loss_scale"] = float(np.asarray(stacked["loss_scale"])[-1])
     for k, v in record.items():
-        history[k].append(v)
+        history.setdefault(k, []).append(v)
     history["step_loss"].extend(float(v) for v in stacked["loss"])
     return record
 
@@ -345,11 +356,12 @@ def _prepare(model, data, optimizer, config, loss, params, state, mesh):
     state = () if state is None else state
     for x, y in ((x_train, y_train), (x_test, y_test)):
         check_labels(model, params, state, x, y)
+    model = precision.apply_policy(model, config.precision)
     make = lambda jit: make_train_step(model, optimizer, loss=loss, source=config.source, jit=jit)
     multi = make_multi_step(make(False)) if config.steps_per_call > 1 else None
     loop = _Loop(x_train, y_train, config, make(True), multi, None, _keys(config.seed)[1],
                  finite_flag_names(params), getattr(data, "epoch_examples", None))  # fmt: skip
-    return loop, (x_test, y_test), params, state
+    return loop, (x_test, y_test), params, state, model
 
 
 def fit(
@@ -377,12 +389,16 @@ def fit(
     process 0 only), ``resume=True`` continuing from it. Raises `NonFiniteError` when a step
     meets NaN/Inf: the params of that epoch are discarded and the last checkpoint is kept.
 
+    ``config.precision`` (`funcbp.training.precision`): bf16/f16 compute, float32 params;
+    float16's loss-scaled skipped steps are counted (history ``skipped_steps``), not raised.
+
     ``mesh`` (`funcbp.training.distributed.make_mesh`): shard every batch over its ``"data"``
     axis and replicate the params (2-D weights split over ``"model"`` when that axis is wider
     than 1); the step is the same jitted function, XLA reduces the gradients.
     """
     events = events or Events()
-    loop, (x_test, y_test), params, state = _prepare(
+    optimizer = precision.wrap_optimizer(optimizer, config.precision)
+    loop, (x_test, y_test), params, state, model = _prepare(
         model, data, optimizer, config, loss, params, state, mesh
     )
     ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None

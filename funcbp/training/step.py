@@ -19,6 +19,7 @@ from funcbp.backprop import check_source
 from funcbp.nn.core import Layer
 from funcbp.ops import Op
 from funcbp.training.guard import guard
+from funcbp.training.loss_scale import current_scale
 
 __all__ = [
     "accuracy",
@@ -59,12 +60,42 @@ def accuracy(out, y):
 
 
 def _gradient(model, loss, source):
-    """``(params, state, x, y, key) -> ((loss, (new_state, out)), grads)`` for ``source``."""
+    """``(params, state, x, y, key, scale) -> ((loss, (new_state, out)), grads)`` for
+    ``source``: the gradient of ``scale · loss`` (``scale=None``: of the loss itself)."""
     if source == "explicit":
-        return lambda p, s, x, y, k: backprop.loss_and_grad(model, loss, p, s, x, y, key=k)
+        return lambda p, s, x, y, k, scale: backprop.loss_and_grad(
+            model, loss, p, s, x, y, key=k, seed=1.0 if scale is None else scale
+        )
     loss_fn = make_loss_fn(model, loss, source=source)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
-    return lambda p, s, x, y, k: value_and_grad(p, s, x, y, k, True)
+
+    def scaled_fn(p, s, x, y, k, scale):
+        value, aux = loss_fn(p, s, x, y, k, True)
+        return value * scale.astype(value.dtype), (value, aux)
+
+    scaled = jax.value_and_grad(scaled_fn, has_aux=True)
+
+    def gradient(p, s, x, y, k, scale):
+        if scale is None:
+            return value_and_grad(p, s, x, y, k, True)
+        (_, (value, aux)), grads = scaled(p, s, x, y, k, scale)
+        return (value, aux), grads
+
+    return gradient
+
+
+def _unscale(grads, scale):
+    """``grads / scale`` (exact: the scale is a power of two)."""
+    return grads if scale is None else jax.tree.map(lambda g: g / scale.astype(g.dtype), grads)
+
+
+def _skipped(finite, opt_state, scale):
+    """A loss-scaled step whose only non-finite tensors are gradients, while the scale could
+    still be lowered: `funcbp.training.loss_scale` skipped it (not a failure)."""
+    if scale is None:
+        return None
+    front = finite[0] & finite[1]  # the input batch and the loss
+    return front & ~jnp.all(finite[2:-1]) & (scale > opt_state.minimum)
 
 
 def make_train_step(
@@ -84,30 +115,36 @@ def make_train_step(
     order, no autodiff) or ``"autodiff"`` (`jax.grad` of the references). ``metrics``:
     ``loss``, ``accuracy`` (NaN for non-integer labels), ``grad_norm``, and ``finite``: a bool
     vector, one flag per tensor named by `funcbp.training.finite_flag_names`, all true when the
-    update was applied.
+    update was applied. With a loss-scaling optimizer (`funcbp.training.loss_scale`, float16)
+    the loss is scaled by the state's S, the gradients unscaled, and the metrics add
+    ``loss_scale`` (S of this step) and ``skipped``: true when only gradients were non-finite
+    and S could still be halved — a skipped step, not a failure.
     """
     gradient = _gradient(model, loss, check_source(source, "make_train_step: source"))
 
     def step(params, opt_state, state, batch, key=None):
         x, y = batch
-        (value, (new_state, out)), grads = gradient(params, state, x, y, key)
+        scale = current_scale(opt_state)  # None unless the optimizer scales the loss
+        (value, (new_state, out)), grads = gradient(params, state, x, y, key, scale)
+        grads = _unscale(grads, scale)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         finite, grad_norm = guard(x, value, grads, new_params)
         ok = jnp.all(finite)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        keep = lambda new, old, ok=ok: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         metrics = {
             "loss": value,
             "accuracy": accuracy(out, y),
             "grad_norm": grad_norm,
             "finite": finite,
         }
-        return (
-            keep(new_params, params),
-            keep(new_opt_state, opt_state),
-            keep(new_state, state),
-            metrics,
-        )
+        skipped = _skipped(finite, opt_state, scale)
+        if skipped is not None:  # the lowered scale is kept; params and state are not updated
+            metrics |= {"skipped": skipped, "loss_scale": scale}
+            new_opt_state = keep(new_opt_state, opt_state, ok | skipped)
+        else:
+            new_opt_state = keep(new_opt_state, opt_state)
+        return keep(new_params, params), new_opt_state, keep(new_state, state), metrics
 
     return jax.jit(step) if jit else step
 
