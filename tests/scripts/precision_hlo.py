@@ -22,6 +22,8 @@ from funcbp.nn.gpt import GPTConfig, gpt
 from funcbp.training import distributed, make_train_step
 from funcbp.training.precision import apply_policy
 
+jax.config.update("jax_enable_compilation_cache", False)  # compile, so XLA dumps the HLO
+
 # "f32[16,64]{1,0}" or "bf16[]" inside an all-reduce's result shape
 _OPERAND = re.compile(r"\b(pred|bf16|f16|f32|f64|s32|u32)\[([\d,]*)\]")
 _ALL_REDUCE = re.compile(r"=\s*(.*?)\s+all-reduce(?:-start)?\(")
@@ -41,7 +43,10 @@ def all_reduce_operands(hlo: str) -> list[list]:
 
 
 def _compile(step, args) -> dict:
-    """``{"partitioned": operands, "compiled": operands}`` of ``step`` compiled for ``args``."""
+    """``{"partitioned": operands, "compiled": operands}`` of ``step`` compiled for ``args``.
+
+    The persistent compilation cache is off (set below the imports): an executable loaded from it
+    is not compiled, so XLA would dump no HLO."""
     with tempfile.TemporaryDirectory() as d:
         dump = {"xla_dump_to": d, "xla_dump_hlo_pass_re": "spmd-partitioning"}
         compiled = step.lower(*args).compile(dump)
