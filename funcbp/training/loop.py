@@ -391,7 +391,6 @@ def fit(
 
     ``config.precision`` (`funcbp.training.precision`): bf16/f16 compute, float32 params;
     float16's loss-scaled skipped steps are counted (history ``skipped_steps``), not raised.
-
     ``mesh`` (`funcbp.training.distributed.make_mesh`): shard every batch over its ``"data"``
     axis and replicate the params (2-D weights split over ``"model"`` when that axis is wider
     than 1); the step is the same jitted function, XLA reduces the gradients.
@@ -402,13 +401,10 @@ def fit(
         model, data, optimizer, config, loss, params, state, mesh
     )
     ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
-    tree = {"params": params, "opt_state": optimizer.init(params), "state": state}
-    tree, history, start, resumed_from = _start(ckpt, tree, resume, events, loop)
-    params, opt_state, state = tree["params"], tree["opt_state"], tree["state"]
-    params, opt_state, state, loop.place = _place(mesh, params, opt_state, state, optimizer)
+    last_good = _starting_point(ckpt, optimizer, params, state, resume, events, loop, mesh)
+    params, opt_state, state = last_good.params, last_good.opt_state, last_good.state
+    history, start, resumed_from = last_good.history, last_good.epochs_run, last_good.resumed_from
     eval_fn = make_eval_fn(model, loss)
-    last_good = FitResult(params, state, opt_state, history, start, resumed_from)
-    jax.block_until_ready(params)
     events.start(config.epochs - start, loop.steps_per_epoch)
     first, step_seconds = {}, []  # first dispatch of each step (it compiles); per-epoch times
     for epoch in range(start, config.epochs):
@@ -428,6 +424,17 @@ def fit(
                               seconds, list(step_seconds), _total(first))  # fmt: skip
         events.epoch(record)
     return last_good
+
+
+def _starting_point(ckpt, optimizer, params, state, resume, events, loop, mesh) -> FitResult:
+    """The run's starting point: fresh optimizer state, or the checkpoint when resuming
+    (`_start`), placed on the mesh (`_place`, which also sets ``loop.place``)."""
+    tree = {"params": params, "opt_state": optimizer.init(params), "state": state}
+    tree, history, start, resumed_from = _start(ckpt, tree, resume, events, loop)
+    params, opt_state, state = tree["params"], tree["opt_state"], tree["state"]
+    params, opt_state, state, loop.place = _place(mesh, params, opt_state, state, optimizer)
+    jax.block_until_ready(params)
+    return FitResult(params, state, opt_state, history, start, resumed_from)
 
 
 def _total(first: dict) -> tuple[int, float]:
