@@ -14,7 +14,9 @@ tens of milliseconds to compile), so the tests:
   builds the same program;
 * compile without XLA's backend (LLVM) optimisations (``JAX_DISABLE_MOST_OPTIMIZATIONS``): the
   HLO passes (fusion, buffer assignment) still run, so memory measurements are unchanged; only
-  the machine code is less optimised, which tiny test shapes never notice.
+  the machine code is less optimised, which tiny test shapes never notice;
+* add `funcbp.check.fast_compile.CHEAP_XLA_FLAGS` to ``XLA_FLAGS`` (XLA's older CPU fusion
+  emitters compile faster), set before any backend starts and inherited likewise.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+
+from funcbp.check.fast_compile import flag_known, with_cheap_flags  # noqa: E402
+
+if flag_known() and os.environ.get("FUNCBP_CHEAP_XLA_FLAGS", "1") != "0":
+    os.environ["XLA_FLAGS"] = with_cheap_flags(os.environ.get("XLA_FLAGS", ""))
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -2,7 +2,8 @@
 central finite differences, compared leaf by leaf (`funcbp.check.gradients`); whole models
 (`funcbp.check.model`); the first layer where hand and autodiff part (`funcbp.check.diverge`);
 mutation testing of the checker (`funcbp.check.mutate`); float32 tolerances calibrated from
-the reference's own error (`funcbp.check.calibrate`)."""
+the reference's own error (`funcbp.check.calibrate`); cheap compiles for checking
+(`funcbp.check.fast_compile`)."""
 
 from funcbp.check.gradients import FD_EPS as FD_EPS
 from funcbp.check.gradients import FD_TOLERANCE as FD_TOLERANCE
@@ -15,6 +16,7 @@ from funcbp.check.gradients import check_op as check_op
 from funcbp.check.gradients import check_registry as check_registry
 from funcbp.check.gradients import compare as compare
 from funcbp.check.gradients import finite_difference_grad as finite_difference_grad
+from funcbp.check.gradients import many_gradients as many_gradients
 from funcbp.check.gradients import op_gradients as op_gradients
 from funcbp.check.gradients import random_cotangent as random_cotangent
 from funcbp.check.gradients import relative_error as relative_error
@@ -37,6 +39,7 @@ __all__ = [
     "check_registry",
     "compare",
     "finite_difference_grad",
+    "many_gradients",
     "model_gradients",
     "op_gradients",
     "random_cotangent",

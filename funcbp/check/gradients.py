@@ -14,6 +14,7 @@ tolerance per dtype (`TOLERANCE`; finite differences have their own, `FD_TOLERAN
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "summarise",
     "compare",
     "finite_difference_grad",
+    "many_gradients",
     "op_gradients",
     "random_cotangent",
     "relative_error",
@@ -206,7 +208,7 @@ def random_cotangent(key, out):
     gen = _sample.rng(key)
     return treedef.unflatten(
         [
-            jnp.asarray(np.asarray(gen.standard_normal(jnp.shape(o)), jnp.result_type(o)))
+            jax.device_put(np.asarray(gen.standard_normal(jnp.shape(o)), jnp.result_type(o)))
             for o in leaves
         ]
     )
@@ -228,21 +230,27 @@ def _pairing(fn: Callable, static: dict) -> Callable:
 
 def finite_difference_grad(f: Callable, args: Sequence, argnums: Sequence[int], eps=FD_EPS):
     """Central differences (f(x + εe_i) − f(x − εe_i)) / 2ε of scalar ``f`` for each element
-    of each ``args[k]``, k in ``argnums``; all perturbations of one arg run as one vmap."""
-    grads = []
-    for k in argnums:
-        x = jnp.asarray(args[k])
-        n = x.size
-        basis = (jnp.eye(n, dtype=x.dtype) * eps).reshape((n, *x.shape))
+    of each ``args[k]``, k in ``argnums``. Every element of every such arg is one basis vector
+    e_i of their concatenation, so all 2n perturbed evaluations run as one vmap (one trace of
+    ``f``); the other args get + 0, which leaves them exact."""
+    xs = [jnp.asarray(args[k]) for k in argnums]
+    sizes = [x.size for x in xs]
+    n = sum(sizes)
+    dtype = jnp.result_type(*xs) if xs else jnp.float64
+    basis = jnp.eye(n, dtype=dtype) * eps
+    cuts = np.cumsum(sizes)[:-1].tolist()
 
-        def shifted(d, k=k):
-            a = list(args)
-            a[k] = args[k] + d
-            return f(*a)
+    def shifted(d):
+        a = list(args)
+        for k, x, part in zip(argnums, xs, jnp.split(d, cuts), strict=True):
+            a[k] = x + part.reshape(x.shape).astype(x.dtype)
+        return f(*a)
 
-        values = jax.vmap(shifted)(jnp.concatenate([basis, -basis]))
-        grads.append(((values[:n] - values[n:]) / (2 * eps)).reshape(x.shape))
-    return tuple(grads)
+    values = jax.vmap(shifted)(jnp.concatenate([basis, -basis]))
+    flat = (values[:n] - values[n:]) / (2 * eps)
+    return tuple(
+        g.reshape(x.shape).astype(x.dtype) for x, g in zip(xs, jnp.split(flat, cuts), strict=True)
+    )
 
 
 def _gradient_fn(op: Op, source: str, static: dict, argnums: tuple[int, ...]) -> Callable:
@@ -297,9 +305,9 @@ def _describe(arrays, static) -> str:
     return f"{shapes} {kw}".strip()
 
 
-def check_op(op: Op, key, dtype=jnp.float64, a="hand", b="autodiff") -> Report:
-    """Draw random inputs for ``op`` (its ``sample``) and a random cotangent; compare ``a``
-    against ``b``. Tolerance: `FD_TOLERANCE` when either side is ``"fd"``, else `TOLERANCE`."""
+def _tolerance(op: Op, dtype, a: str, b: str) -> float:
+    """The bound for ``a`` vs ``b`` in ``dtype`` (raises where none is defined); float64 and
+    finite differences need x64."""
     dtype = jnp.dtype(dtype)
     table = FD_TOLERANCE if "fd" in (a, b) else TOLERANCE
     if dtype.name not in table:
@@ -309,15 +317,109 @@ def check_op(op: Op, key, dtype=jnp.float64, a="hand", b="autodiff") -> Report:
         )
     if dtype == jnp.float64 or "fd" in (a, b):
         require_x64()
+    return table[dtype.name]
+
+
+def _draw(op: Op, key, dtype) -> tuple[tuple, dict, Any]:
+    """``(arrays, static, cotangent)``: the op's random inputs (its ``sample``) and a random
+    cotangent for its output."""
     k_sample, k_cot = jax.random.split(key)
-    arrays, static = op.sample(k_sample, dtype)
+    arrays, static = op.sample(k_sample, jnp.dtype(dtype))
     arrays = tuple(arrays)
     out = jax.eval_shape(lambda *x: op.autodiff(*x, **static), *arrays)
-    cot = random_cotangent(k_cot, out)
+    return arrays, static, random_cotangent(k_cot, out)
+
+
+def _report(op: Op, dtype, a: str, b: str, draw, ga, gb) -> Report:
+    arrays, static, _ = draw
+    report = compare(ga, gb, tol=_tolerance(op, dtype, a, b), name=op.name, a_name=a, b_name=b)
+    return dataclasses.replace(
+        report, dtype=jnp.dtype(dtype).name, detail=_describe(arrays, static)
+    )
+
+
+def check_op(op: Op, key, dtype=jnp.float64, a="hand", b="autodiff") -> Report:
+    """Draw random inputs for ``op`` (its ``sample``) and a random cotangent; compare ``a``
+    against ``b``. Tolerance: `FD_TOLERANCE` when either side is ``"fd"``, else `TOLERANCE`."""
+    _tolerance(op, dtype, a, b)  # before any work: an impossible pair fails at once
+    draw = _draw(op, key, dtype)
+    arrays, static, cot = draw
     ga = op_gradients(op, arrays, static, cot, a)
     gb = op_gradients(op, arrays, static, cot, b)
-    report = compare(ga, gb, tol=table[dtype.name], name=op.name, a_name=a, b_name=b)
-    return dataclasses.replace(report, dtype=dtype.name, detail=_describe(arrays, static))
+    return _report(op, dtype, a, b, draw, ga, gb)
+
+
+def _spread(grads: Sequence, argnums: tuple[int, ...], n: int) -> tuple:
+    """Gradients of ``argnums`` -> one entry per argument, ``None`` where not differentiated."""
+    return tuple(grads[argnums.index(i)] if i in argnums else None for i in range(n))
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted_many(op: Op, specs: tuple) -> Callable:
+    """One jitted program for many draws of one op: ``specs`` holds, per draw, its static
+    arguments, the argnums to differentiate and the sources wanted. Compiling one program per op
+    instead of one per (draw, source) pays XLA's fixed cost per program once."""
+    fns = [
+        [_gradient_fn(op, source, dict(static), argnums) for source in sources]
+        for static, argnums, sources in specs
+    ]
+
+    def run(payloads):
+        return tuple(
+            tuple(fn(arrays, cot) for fn in row)
+            for row, (arrays, cot) in zip(fns, payloads, strict=True)
+        )
+
+    return jax.jit(run)
+
+
+def _plan(op: Op, draws: Sequence, sources: Sequence[Sequence[str]]) -> tuple[tuple, tuple]:
+    """``(specs, payloads)`` for `_jitted_many`: per draw its (static, argnums, sources) and
+    its (arrays, cotangent); validates sources and inputs first."""
+    specs, payloads = [], []
+    for (arrays, static, cot), srcs in zip(draws, sources, strict=True):
+        unknown = set(srcs) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"many_gradients: sources must be in {SOURCES}, got {sorted(unknown)}")
+        if "explicit" in srcs and op.validate is not None:
+            op.validate(*arrays, **static)
+        if "fd" in srcs:
+            require_x64()
+        argnums = tuple(i for i, a in enumerate(arrays) if _is_float(a))
+        specs.append((tuple(sorted(static.items())), argnums, tuple(srcs)))
+        payloads.append((tuple(arrays), cot))
+    return tuple(specs), tuple(payloads)
+
+
+def _unpack(specs: tuple, payloads: tuple, found: tuple) -> list[dict]:
+    out = []
+    for (_, argnums, srcs), (arrays, _), row in zip(specs, payloads, found, strict=True):
+        out.append(
+            {source: _spread(g, argnums, len(arrays)) for source, g in zip(srcs, row, strict=True)}
+        )
+    return out
+
+
+def many_gradients(op: Op, draws: Sequence, sources: Sequence[Sequence[str]]) -> list[dict]:
+    """For each ``draw = (arrays, static, cotangent)`` (from `_draw`) and its ``sources``, the
+    VJP from each source as `op_gradients` gives it (``None`` for integer arrays) — all computed
+    by one compiled program."""
+    specs, payloads = _plan(op, draws, sources)
+    return _unpack(specs, payloads, _jitted_many(op, specs)(payloads))
+
+
+def _op_reports(op: Op, wanted: dict, runs: list, grads: list[dict]) -> list[Report]:
+    """One report per (dtype, pair): the worst of that dtype's draws."""
+    reports = []
+    for d, pairs in wanted.items():
+        for a, b in pairs:
+            rows = [
+                _report(op, d, a, b, draw, g[a], g[b])
+                for (dd, draw), g in zip(runs, grads, strict=True)
+                if dd == d
+            ]
+            reports.append(max(rows, key=lambda r: (not r.ok, r.worst_rel)))
+    return reports
 
 
 def check_registry(
@@ -328,20 +430,32 @@ def check_registry(
 ) -> list[Report]:
     """Every op × dtype × pair, worst over ``seeds`` (random shapes and values each).
 
-    Finite differences are only meaningful in float64; pairs with ``"fd"`` skip float32.
+    Finite differences are only meaningful in float64; pairs with ``"fd"`` skip float32. Each
+    op's draws and sources run as one compiled program (`many_gradients`), compiled on a worker
+    thread while the next op is traced (XLA releases the GIL while it compiles); the reports
+    are those `check_op` gives draw by draw.
     """
-    seeds, dtypes, pairs = list(seeds), list(dtypes), list(pairs)  # iterated once per op
+    seeds, dtypes, pairs = list(seeds), [jnp.dtype(d) for d in dtypes], list(pairs)
     if not seeds:
         raise ValueError("check_registry: seeds must not be empty (one random draw at least)")
-    reports = []
-    for op in ops if ops is not None else REGISTRY.values():
-        for dtype in dtypes:
-            for a, b in pairs:
-                if "fd" in (a, b) and jnp.dtype(dtype) != jnp.float64:
-                    continue
-                runs = [check_op(op, jax.random.key(s), dtype, a, b) for s in seeds]
-                worst = max(runs, key=lambda r: (not r.ok, r.worst_rel))
-                reports.append(worst)
+    wanted = {
+        d: [(a, b) for a, b in pairs if "fd" not in (a, b) or d == jnp.float64] for d in dtypes
+    }
+    pending = []
+    with concurrent.futures.ThreadPoolExecutor(1) as compiler:
+        for op in ops if ops is not None else REGISTRY.values():
+            for d, ab in wanted.items():
+                for a, b in ab:
+                    _tolerance(op, d, a, b)
+            runs = [(d, _draw(op, jax.random.key(s), d)) for d in dtypes for s in seeds]
+            srcs = [sorted({x for pair in wanted[d] for x in pair}) for d, _ in runs]
+            specs, payloads = _plan(op, [draw for _, draw in runs], srcs)
+            lowered = _jitted_many(op, specs).lower(payloads)
+            pending.append((op, runs, specs, payloads, compiler.submit(lowered.compile)))
+        reports = []
+        for op, runs, specs, payloads, compiled in pending:
+            grads = _unpack(specs, payloads, compiled.result()(payloads))
+            reports += _op_reports(op, wanted, runs, grads)
     return reports
 
 

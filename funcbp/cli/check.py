@@ -203,23 +203,18 @@ def check_model(name: str, *, seed: int = 0, batch: int = 32, print_fn=None) -> 
 
 
 def _compile_cheaply(cache: bool) -> None:
-    """Checks run tiny programs many times over: compile them with XLA's backend optimisations
-    off (same HLO passes, less machine-code work) and keep them in JAX's persistent compilation
-    cache (``$FUNCBP_CACHE`` or ``~/.cache/funcbp/jax``), so a second ``funcbp check`` — after
-    editing one op, say — recompiles only what changed."""
+    """Checks run tiny programs many times over: compile them cheaply (`funcbp.check.
+    fast_compile`) and keep them in JAX's persistent compilation cache (``$FUNCBP_CACHE`` or
+    ``~/.cache/funcbp/jax``), so a second ``funcbp check`` — after editing one op, say —
+    recompiles only what changed."""
     import os
     from pathlib import Path
 
-    import jax
+    from funcbp.check.fast_compile import compile_cheaply
 
-    jax.config.update("jax_disable_most_optimizations", True)
-    if not cache:
-        return
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     folder = os.environ.get("FUNCBP_CACHE") or str(Path(base) / "funcbp" / "jax")
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compile_cheaply(folder if cache else None)
 
 
 def _forward_table(reports, seeds: int):

@@ -8,6 +8,8 @@ Values are drawn on the host with NumPy from a generator seeded by the key (then
 device once): `jax.random` would compile a small XLA program for every new shape, and with random
 shapes that compile time dominated the registry tests. Each helper seeds its own stream (a tag
 appended to the key's data), so values are independent of the shape draws from `rng(key)`.
+Samplers compute on the host too (NumPy, then `host`): an eager ``jnp`` op on a freshly drawn
+shape compiles a program.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["rng", "normal", "uniform", "away_from_zero", "batch_shape", "split3"]
+__all__ = ["rng", "host", "normal", "uniform", "away_from_zero", "batch_shape", "split3"]
 
 _NORMAL, _UNIFORM, _AWAY = 1, 2, 3  # stream tags: one independent stream per helper
 
@@ -32,28 +34,30 @@ def rng(key) -> np.random.Generator:
     return np.random.default_rng(_key_words(key))
 
 
-def _values(values: np.ndarray, dtype) -> jax.Array:
-    """Host values -> a device array of ``dtype`` (rounded once, on the host)."""
-    return jnp.asarray(np.asarray(values, dtype=jnp.dtype(dtype)))
+def host(values, dtype) -> jax.Array:
+    """Host values -> a device array of ``dtype`` (rounded once, on the host). `jax.device_put`,
+    not `jnp.asarray`: since jax 0.10 the latter lifts a NumPy array through ``lax.stage``, a
+    jitted program compiled once per shape and dtype (151 compiles in one ``funcbp check``)."""
+    return jax.device_put(np.asarray(values, dtype=jnp.dtype(dtype)))
 
 
 def normal(key, shape, dtype, scale=1.0):
     """Standard normal values times ``scale``, of ``shape`` and ``dtype``."""
     gen = np.random.default_rng([*_key_words(key), _NORMAL])
-    return _values(scale * gen.standard_normal(tuple(shape)), dtype)
+    return host(scale * gen.standard_normal(tuple(shape)), dtype)
 
 
 def uniform(key, shape, dtype, lo=0.0, hi=1.0):
     """Uniform values in ``[lo, hi)``, of ``shape`` and ``dtype``."""
     gen = np.random.default_rng([*_key_words(key), _UNIFORM])
-    return _values(gen.uniform(lo, hi, tuple(shape)), dtype)
+    return host(gen.uniform(lo, hi, tuple(shape)), dtype)
 
 
 def away_from_zero(key, shape, dtype, lo=0.1, hi=2.0):
     """Random signs times uniform magnitudes in ``[lo, hi)``: no value within ``lo`` of 0."""
     gen = np.random.default_rng([*_key_words(key), _AWAY])
     sign = np.where(gen.random(tuple(shape)) < 0.5, -1.0, 1.0)
-    return _values(sign * gen.uniform(lo, hi, tuple(shape)), dtype)
+    return host(sign * gen.uniform(lo, hi, tuple(shape)), dtype)
 
 
 def batch_shape(gen: np.random.Generator, max_dims: int = 2, max_size: int = 5) -> tuple:

@@ -93,9 +93,8 @@ def _sample_embedding(key, dtype):
     ids_shape = _sample.batch_shape(gen, max_dims=2, max_size=6)  # () included: a single id
     wide = gen.integers(0, 2) and jax.config.jax_enable_x64
     id_dtype = jnp.int64 if wide else jnp.int32
-    k1, k2 = jax.random.split(key)
-    ids = jax.random.randint(k1, ids_shape, 0, n_rows, id_dtype)  # small V: repeats are common
-    table = _sample.normal(k2, (n_rows, dim), dtype)
+    ids = _sample.host(gen.integers(0, n_rows, ids_shape), id_dtype)  # small V: repeats common
+    table = _sample.normal(key, (n_rows, dim), dtype)
     return (ids, table), {}
 
 

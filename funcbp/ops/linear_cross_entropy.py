@@ -253,7 +253,7 @@ def _sample_lce(key, dtype):
     kx, kw, _ = _sample.split3(key)
     x = _sample.normal(kx, (n, d), dtype)
     w = _sample.normal(kw, (d, v), dtype)
-    labels = jnp.asarray(gen.integers(0, v, size=n), jnp.int32)
+    labels = _sample.host(gen.integers(0, v, size=n), jnp.int32)
     return (x, w, labels), {"chunk_size": int(gen.integers(1, 5))}
 
 

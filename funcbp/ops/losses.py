@@ -194,11 +194,11 @@ def _sample_sce(key, dtype):
     k1, k2 = jax.random.split(key)
     logits = _sample.normal(k1, (*lead, n_classes), dtype, scale=2.0)
     if gen.integers(0, 2):
-        labels = jnp.asarray(gen.integers(0, n_classes, size=lead), dtype=jnp.int32)
+        labels = _sample.host(gen.integers(0, n_classes, size=lead), jnp.int32)
     else:  # soft labels: a softmax of random logits, computed on the host (no compile per shape)
         z = np.asarray(_sample.normal(k2, (*lead, n_classes), jnp.float64, scale=2.0))
         q = np.exp(z - z.max(axis=-1, keepdims=True))
-        labels = jnp.asarray(q / q.sum(axis=-1, keepdims=True), dtype=dtype)
+        labels = _sample.host(q / q.sum(axis=-1, keepdims=True), dtype)
     return (logits, labels), {}
 
 

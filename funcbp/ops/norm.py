@@ -29,6 +29,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype, require_shape
@@ -170,7 +171,8 @@ def _sample_affine(key, shape, dtype):
     """x with a random offset and scale per row/channel, γ away from 0, β normal."""
     kx, kg, kb = _sample.split3(key)
     k1, k2 = jax.random.split(kx)
-    x = _sample.normal(k1, shape, dtype, scale=1.5) + _sample.normal(k2, (), dtype)
+    x = np.asarray(_sample.normal(k1, shape, dtype, scale=1.5))
+    x = _sample.host(x + np.asarray(_sample.normal(k2, (), dtype)), dtype)
     gamma = _sample.away_from_zero(kg, shape[-1:], dtype, 0.3, 2.0)
     beta = _sample.normal(kb, shape[-1:], dtype)
     return x, gamma, beta
@@ -376,7 +378,7 @@ def _sample_batch_norm_inference(key, dtype):
     k1, k2, k3 = _sample.split3(jax.random.fold_in(key, 1))
     x, gamma, beta = _sample_affine(k1, shape, dtype)
     mean = _sample.normal(k2, shape[-1:], dtype)
-    var = jax.random.uniform(k3, shape[-1:], dtype, 0.2, 3.0)  # running variances are > 0
+    var = _sample.uniform(k3, shape[-1:], dtype, 0.2, 3.0)  # running variances are > 0
     return (x, mean, var, gamma, beta), {"eps": _sample_eps(gen)}
 
 

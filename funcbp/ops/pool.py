@@ -237,7 +237,7 @@ def _sample_max_pool2d(key, dtype):
     gap = 4.0 / size
     grid = (np.arange(size) + 0.5) * gap - 2.0  # (−2, 2)
     values = gen.permutation(grid) + gen.uniform(-0.25, 0.25, size) * gap
-    return (jnp.asarray(values.reshape(shape), dtype),), {"window": window, "stride": stride}
+    return (_sample.host(values.reshape(shape), dtype),), {"window": window, "stride": stride}
 
 
 def _sample_avg_pool2d(key, dtype):

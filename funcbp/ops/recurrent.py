@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from funcbp.ops import _sample
@@ -176,7 +177,7 @@ def _sample_rnn_cell(key, dtype):
     lead, n_in, n_hidden = _sample_sizes(gen)
     kx, kh, kw = _sample.split3(key)
     x = _sample.normal(kx, (*lead, n_in), dtype)
-    h = jnp.tanh(_sample.normal(kh, (*lead, n_hidden), dtype))  # a state a tanh cell can reach
+    h = _sample.host(np.tanh(np.asarray(_sample.normal(kh, (*lead, n_hidden), dtype))), dtype)
     return (x, h, *_sample_weights(kw, n_in, n_hidden, n_hidden, dtype)), {}
 
 
@@ -296,7 +297,7 @@ def _sample_lstm_cell(key, dtype):
     k1, k2, kw = _sample.split3(key)
     kx, kh = jax.random.split(k1)
     x = _sample.normal(kx, (*lead, n_in), dtype)
-    h = jnp.tanh(_sample.normal(kh, (*lead, n_hidden), dtype))
+    h = _sample.host(np.tanh(np.asarray(_sample.normal(kh, (*lead, n_hidden), dtype))), dtype)
     c = _sample.normal(k2, (*lead, n_hidden), dtype)
     return (x, h, c, *_sample_weights(kw, n_in, n_hidden, 4 * n_hidden, dtype)), {}
 

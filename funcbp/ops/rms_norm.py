@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcbp.ops import _sample
 from funcbp.ops._checks import require_float, require_ndim, require_same_dtype, require_shape
@@ -127,9 +128,9 @@ def _sample_rms_norm(key, dtype):
     gen = _sample.rng(key)
     shape = (*_sample.batch_shape(gen, max_dims=2), int(gen.integers(2, 8)))
     kx, ks, kg = _sample.split3(key)
-    scale = _sample.uniform(ks, shape[:-1] + (1,), dtype, 0.3, 3.0)
-    offset = _sample.normal(jax.random.fold_in(kx, 1), (), dtype)
-    x = _sample.normal(kx, shape, dtype) * scale + offset
+    scale = np.asarray(_sample.uniform(ks, shape[:-1] + (1,), dtype, 0.3, 3.0))
+    offset = np.asarray(_sample.normal(jax.random.fold_in(kx, 1), (), dtype))
+    x = _sample.host(np.asarray(_sample.normal(kx, shape, dtype)) * scale + offset, dtype)
     gamma = _sample.away_from_zero(kg, shape[-1:], dtype, 0.3, 2.0)
     return (x, gamma), {"eps": float(gen.choice([1e-6, 1e-5, 0.1]))}
 

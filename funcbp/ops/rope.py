@@ -148,7 +148,7 @@ def _sample_rope(key, dtype):
     gen = _sample.rng(key)
     t, dh = int(gen.integers(1, 6)), 2 * int(gen.integers(1, 5))
     x = _sample.normal(key, (*_sample.batch_shape(gen, max_dims=2, max_size=3), t, dh), dtype)
-    offset = jnp.asarray(int(gen.integers(0, 41)), jnp.int32)
+    offset = _sample.host(int(gen.integers(0, 41)), jnp.int32)
     return (x, offset), {"theta": float(gen.choice([10000.0, 100.0, 500000.0]))}
 
 

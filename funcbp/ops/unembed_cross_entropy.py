@@ -101,7 +101,7 @@ def _sample_uce(key, dtype):
     kx, kt, _ = _sample.split3(key)
     x = _sample.normal(kx, (*lead, d), dtype)
     table = _sample.normal(kt, (v, d), dtype)
-    labels = jnp.asarray(gen.integers(0, v, size=lead), jnp.int32)
+    labels = _sample.host(gen.integers(0, v, size=lead), jnp.int32)
     return (x, table, labels), {"chunk_size": int(gen.integers(1, 5))}
 
 

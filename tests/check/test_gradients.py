@@ -238,3 +238,31 @@ def test_check_registry_reports_the_failing_draw():
     assert len(reports) == 1 and not reports[0].ok
     with pytest.raises(ValueError, match=r"seeds must not be empty"):
         check.check_registry(seeds=[], ops=[relu])
+
+
+def test_many_gradients_match_op_gradients_draw_by_draw():
+    op = REGISTRY["softmax_cross_entropy"]
+    draws = [check.gradients._draw(op, jax.random.key(s), "float64") for s in (0, 1, 2)]
+    sources = [("hand", "fd"), ("explicit", "autodiff"), check.SOURCES]
+    got = check.many_gradients(op, draws, sources)
+    for (arrays, static, cot), srcs, grads in zip(draws, sources, got, strict=True):
+        assert set(grads) == set(srcs)
+        for s in srcs:
+            want = check.op_gradients(op, arrays, static, cot, s)
+            for g, w in zip(grads[s], want, strict=True):
+                assert (g is None) == (w is None), s
+                if w is not None:
+                    np.testing.assert_allclose(g, w, rtol=1e-9 if s == "fd" else 1e-13)
+    with pytest.raises(ValueError, match=r"many_gradients: sources must be in .*'numeric'"):
+        check.many_gradients(op, draws[:1], [("hand", "numeric")])
+
+
+def test_check_registry_worst_draw_is_check_ops_worst():
+    bad = linear.with_bwd(_linear_dw_times_2, name="linear_dw_x2")
+    (report,) = check.check_registry(
+        dtypes=["float64"], seeds=range(3), ops=[bad], pairs=[("hand", "autodiff")]
+    )
+    runs = [check.check_op(bad, jax.random.key(s), "float64") for s in range(3)]
+    worst = max(runs, key=lambda r: r.worst_rel)
+    assert report.detail == worst.detail
+    np.testing.assert_allclose(report.worst_rel, worst.worst_rel, rtol=1e-12)
