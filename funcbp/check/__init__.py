@@ -3,7 +3,8 @@ central finite differences, compared leaf by leaf (`funcbp.check.gradients`); wh
 (`funcbp.check.model`); the first layer where hand and autodiff part (`funcbp.check.diverge`);
 mutation testing of the checker (`funcbp.check.mutate`); float32 tolerances calibrated from
 the reference's own error (`funcbp.check.calibrate`); cheap compiles for checking
-(`funcbp.check.fast_compile`)."""
+(`funcbp.check.fast_compile`) and the registry check over two processes
+(`funcbp.check.parallel`)."""
 
 from funcbp.check.gradients import FD_EPS as FD_EPS
 from funcbp.check.gradients import FD_TOLERANCE as FD_TOLERANCE

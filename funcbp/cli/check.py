@@ -241,6 +241,8 @@ def run_check(args) -> int:
         args.seeds = max(args.seeds, 20)
     if args.seeds < 1:
         return fail(f"funcbp check: --seeds must be >= 1, got {args.seeds}")
+    if args.processes is not None and args.processes < 1:
+        return fail(f"funcbp check: --processes must be >= 1, got {args.processes}")
     if args.model:
         return check_model(args.model)
     what = " --mutants" if args.mutants else " --calibrate" if args.calibrate else ""
@@ -262,9 +264,13 @@ def run_check(args) -> int:
         cals = calibrate_registry(range(args.seeds), ops)
         out.print(_calibration_table(cals))
         return 0 if all(c.ok for c in cals) else 1
-    from funcbp import check
+    from funcbp.check.parallel import check_registry_parallel
 
-    reports = check.check_registry(("float32", "float64"), range(args.seeds), ops)
+    names = [op.name for op in ops]
+    seeds = range(args.seeds)
+    reports = check_registry_parallel(
+        names, ("float32", "float64"), seeds, processes=args.processes
+    )
     out.print(_op_table(reports, args.seeds))
     if args.forward:
         from funcbp.check.jvp import check_jvp_registry

@@ -26,6 +26,13 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
         "transpose identity with the hand VJP (f64), and jacfwd vs jacrev",
     )
     p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes for the op table (default: 2 where 2 cores are free, else 1); "
+        "checking is bound by Python tracing, so a second core needs a second process",
+    )
+    p.add_argument(
         "--no-cache",
         action="store_true",
         help="compile everything afresh (default: JAX's persistent compilation "
