@@ -46,6 +46,7 @@ __all__ = [
     "child_state",
     "layer_keys",
     "loss_and_grad",
+    "loss_inputs",
     "path_str",
     "run_layer",
     "backward_layer",
@@ -161,6 +162,23 @@ def walk_back(children: Sequence, params, tape, dy, *, tap=None, path=()):
     return grads, dy
 
 
+def loss_inputs(out) -> tuple:
+    """The loss's model-side arrays: ``(out,)``, or a tuple output's arrays (a fused head's
+    ``(h, E)``) with their float arrays in one dtype, the widest among them. Under mixed
+    precision (`funcbp.nn.precision.compute_in`) the head's activation ``h`` is bfloat16 while
+    its table ``E`` is the float32 master: the fused loss is then formed in float32, as a full
+    head's logits are, and ``dh`` goes back in ``h``'s dtype (the cast's VJP, or
+    `loss_and_grad`'s cast), while ``dE`` is never rounded to bfloat16."""
+    if not isinstance(out, tuple):
+        return (out,)
+    floats = [a.dtype for a in out if jnp.issubdtype(a.dtype, jnp.floating)]
+    wide = jnp.result_type(*floats) if floats else None
+    return tuple(
+        a.astype(wide) if wide is not None and jnp.issubdtype(a.dtype, jnp.floating) else a
+        for a in out
+    )
+
+
 def loss_and_grad(
     model, loss_op: Op, params, state, x, y, *, key=None, train=True, tap=None, seed=1.0
 ):
@@ -174,10 +192,14 @@ def loss_and_grad(
     out, new_state, tape = run_layer(
         model, params, state, x, key=key, train=train, source="explicit", tap=tap
     )
-    outs = out if isinstance(out, tuple) else (out,)  # a tuple output: loss(*out, y)
+    outs = loss_inputs(out)  # a tuple output: loss(*out, y), its floats in one dtype
     loss, loss_residuals = loss_op.fwd(*outs, y)
     seed = jnp.asarray(seed, loss.dtype)  # dE/dE = 1 (or the loss scale)
     grads = tuple(loss_op.bwd(loss_residuals, seed))
-    dout = grads[: len(outs)] if isinstance(out, tuple) else grads[0]
+    if isinstance(out, tuple):  # each cotangent in its output's dtype (undo loss_inputs' cast)
+        pairs = zip(grads[: len(out)], out, strict=True)
+        dout = tuple(g if g is None else g.astype(o.dtype) for g, o in pairs)
+    else:
+        dout = grads[0]
     grads, _ = backward_layer(model, params, tape, dout, tap=tap)
     return (loss, (new_state, out)), grads

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from funcbp import backprop, ops
-from funcbp.backprop import check_source
+from funcbp.backprop import check_source, loss_inputs
 from funcbp.nn.core import Layer
 from funcbp.ops import Op
 from funcbp.training.guard import guard
@@ -33,8 +33,9 @@ __all__ = [
 
 def apply_loss(loss_path, out, y):
     """``loss(out, y)``; a model whose output is a tuple (a head that hands its input and its
-    table to a fused loss, e.g. `funcbp.ops.unembed_cross_entropy`) gives ``loss(*out, y)``."""
-    return loss_path(*out, y) if isinstance(out, tuple) else loss_path(out, y)
+    table to a fused loss, e.g. `funcbp.ops.unembed_cross_entropy`) gives ``loss(*out, y)``,
+    its float arrays in one dtype (`funcbp.backprop.loss_inputs`)."""
+    return loss_path(*loss_inputs(out), y)
 
 
 def make_loss_fn(model: Layer, loss: Op = ops.softmax_cross_entropy, *, source="hand"):

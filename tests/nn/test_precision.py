@@ -89,3 +89,43 @@ def test_remat_segments_survive_the_rewrite():
     model = remat_segments(nn.mlp([4, 4, 2]), 2)
     low = compute_in(model, BF16)
     assert low.children[0][1].name == model.name
+
+
+def test_compute_in_bf16_with_the_fused_chunked_head():
+    """The chunked head hands ``(x, E)`` to the fused loss in bf16 (a tuple output is not cast
+    to float32); `unembed_cross_entropy` accumulates logits, softmax and loss in float32, so the
+    loss and float32 gradients stay within a few percent of the float32 model's."""
+    cfg = GPTConfig(vocab=11, context=6, layers=1, heads=2, width=8, head="chunked")
+    model, ids = gpt(cfg), jax.random.randint(jax.random.key(3), (3, 6), 0, 11)
+    low = compute_in(model, BF16)
+    _, params, state = model.init(jax.random.key(0), (6,), jnp.float32)
+    out, _ = low.apply(params, state, ids)
+    assert isinstance(out, tuple) and out[0].dtype == BF16
+
+    def loss_and_grads(m, source):
+        fn = make_loss_fn(m, ops.unembed_cross_entropy, source=source)
+        (loss, _), g = jax.value_and_grad(fn, has_aux=True)(params, state, ids, ids)
+        return loss, g
+
+    (l32, g32), (l16, g16), (_, ga) = (
+        loss_and_grads(model, "hand"), loss_and_grads(low, "hand"), loss_and_grads(low, "autodiff")
+    )  # fmt: skip
+    assert l16.dtype == jnp.float32 and np.isfinite(l16)
+    assert abs(float(l16) - float(l32)) < 0.02 * abs(float(l32))
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
+    assert check.compare(g16, g32, tol=0.1).ok  # bf16 compute vs float32: a few percent
+    assert check.compare(g16, ga, tol=0.1).ok  # hand vs autodiff, both in bf16
+
+
+def test_the_explicit_engine_forms_the_fused_loss_as_the_hand_path_does():
+    cfg = GPTConfig(vocab=11, context=6, layers=1, heads=2, width=8, head="chunked")
+    low = compute_in(gpt(cfg), BF16)
+    ids = jax.random.randint(jax.random.key(4), (2, 6), 0, 11)
+    _, params, state = low.init(jax.random.key(0), (6,), jnp.float32)
+    fn = make_loss_fn(low, ops.unembed_cross_entropy, source="hand")
+    (loss, _), hand = jax.value_and_grad(fn, has_aux=True)(params, state, ids, ids)
+    (loss_x, _), explicit = backprop.loss_and_grad(
+        low, ops.unembed_cross_entropy, params, state, ids, ids
+    )
+    assert loss_x.dtype == jnp.float32 and float(loss_x) == pytest.approx(float(loss), rel=1e-6)
+    assert check.compare(explicit, hand, tol=1e-6).ok  # the same rules, the same roundings
