@@ -207,10 +207,7 @@ def random_cotangent(key, out):
         )
     gen = _sample.rng(key)
     return treedef.unflatten(
-        [
-            jax.device_put(np.asarray(gen.standard_normal(jnp.shape(o)), jnp.result_type(o)))
-            for o in leaves
-        ]
+        [_sample.host(gen.standard_normal(jnp.shape(o)), jnp.result_type(o)) for o in leaves]
     )
 
 
@@ -234,10 +231,11 @@ def finite_difference_grad(f: Callable, args: Sequence, argnums: Sequence[int], 
     e_i of their concatenation, so all 2n perturbed evaluations run as one vmap (one trace of
     ``f``); the other args get + 0, which leaves them exact."""
     xs = [jnp.asarray(args[k]) for k in argnums]
+    if not xs:
+        return ()
     sizes = [x.size for x in xs]
     n = sum(sizes)
-    dtype = jnp.result_type(*xs) if xs else jnp.float64
-    basis = jnp.eye(n, dtype=dtype) * eps
+    basis = jnp.eye(n, dtype=jnp.result_type(*xs)) * eps
     cuts = np.cumsum(sizes)[:-1].tolist()
 
     def shifted(d):
@@ -330,9 +328,9 @@ def _draw(op: Op, key, dtype) -> tuple[tuple, dict, Any]:
     return arrays, static, random_cotangent(k_cot, out)
 
 
-def _report(op: Op, dtype, a: str, b: str, draw, ga, gb) -> Report:
+def _report(op: Op, dtype, a: str, b: str, tol: float, draw, ga, gb) -> Report:
     arrays, static, _ = draw
-    report = compare(ga, gb, tol=_tolerance(op, dtype, a, b), name=op.name, a_name=a, b_name=b)
+    report = compare(ga, gb, tol=tol, name=op.name, a_name=a, b_name=b)
     return dataclasses.replace(
         report, dtype=jnp.dtype(dtype).name, detail=_describe(arrays, static)
     )
@@ -341,12 +339,12 @@ def _report(op: Op, dtype, a: str, b: str, draw, ga, gb) -> Report:
 def check_op(op: Op, key, dtype=jnp.float64, a="hand", b="autodiff") -> Report:
     """Draw random inputs for ``op`` (its ``sample``) and a random cotangent; compare ``a``
     against ``b``. Tolerance: `FD_TOLERANCE` when either side is ``"fd"``, else `TOLERANCE`."""
-    _tolerance(op, dtype, a, b)  # before any work: an impossible pair fails at once
+    tol = _tolerance(op, dtype, a, b)  # before any work: an impossible pair fails at once
     draw = _draw(op, key, dtype)
     arrays, static, cot = draw
     ga = op_gradients(op, arrays, static, cot, a)
     gb = op_gradients(op, arrays, static, cot, b)
-    return _report(op, dtype, a, b, draw, ga, gb)
+    return _report(op, dtype, a, b, tol, draw, ga, gb)
 
 
 def _spread(grads: Sequence, argnums: tuple[int, ...], n: int) -> tuple:
@@ -413,8 +411,9 @@ def _op_reports(op: Op, wanted: dict, runs: list, grads: list[dict]) -> list[Rep
     reports = []
     for d, pairs in wanted.items():
         for a, b in pairs:
+            tol = _tolerance(op, d, a, b)
             rows = [
-                _report(op, d, a, b, draw, g[a], g[b])
+                _report(op, d, a, b, tol, draw, g[a], g[b])
                 for (dd, draw), g in zip(runs, grads, strict=True)
                 if dd == d
             ]

@@ -76,9 +76,9 @@ def check_registry_parallel(
     if unknown:
         raise ValueError(f"check_registry_parallel: unknown op(s) {unknown}")
     processes = max(1, min(processes or default_processes(len(names)), len(names)))
-    shares = [names[i::processes] for i in range(processes)]
     if processes == 1:
         return check_registry(dtypes, seeds, [REGISTRY[n] for n in names], pairs)
+    shares = [names[i::processes] for i in range(processes)]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(processes - 1, mp_context=context) as pool:
         futures = [

@@ -91,12 +91,14 @@ def test_remat_segments_survive_the_rewrite():
     assert low.children[0][1].name == model.name
 
 
+CHUNKED = GPTConfig(vocab=11, context=6, layers=1, heads=2, width=8, head="chunked")
+
+
 def test_compute_in_bf16_with_the_fused_chunked_head():
     """The chunked head hands ``(x, E)`` to the fused loss in bf16 (a tuple output is not cast
     to float32); `unembed_cross_entropy` accumulates logits, softmax and loss in float32, so the
     loss and float32 gradients stay within a few percent of the float32 model's."""
-    cfg = GPTConfig(vocab=11, context=6, layers=1, heads=2, width=8, head="chunked")
-    model, ids = gpt(cfg), jax.random.randint(jax.random.key(3), (3, 6), 0, 11)
+    model, ids = gpt(CHUNKED), jax.random.randint(jax.random.key(3), (3, 6), 0, 11)
     low = compute_in(model, BF16)
     _, params, state = model.init(jax.random.key(0), (6,), jnp.float32)
     out, _ = low.apply(params, state, ids)
@@ -118,8 +120,7 @@ def test_compute_in_bf16_with_the_fused_chunked_head():
 
 
 def test_the_explicit_engine_forms_the_fused_loss_as_the_hand_path_does():
-    cfg = GPTConfig(vocab=11, context=6, layers=1, heads=2, width=8, head="chunked")
-    low = compute_in(gpt(cfg), BF16)
+    low = compute_in(gpt(CHUNKED), BF16)
     ids = jax.random.randint(jax.random.key(4), (2, 6), 0, 11)
     _, params, state = low.init(jax.random.key(0), (6,), jnp.float32)
     fn = make_loss_fn(low, ops.unembed_cross_entropy, source="hand")
