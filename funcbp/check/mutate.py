@@ -34,8 +34,9 @@ They are detected, not excused: a mutant that the checker lets through is retrie
 samples, then compared with the true backward directly (explicit ``fwd`` + ``bwd``, no autodiff);
 it counts as equivalent only if its cotangents equal the true ones on every sample tried, and the
 reason is stated (a zero cotangent, a symmetric cotangent, a residual used only through its sign or
-shape — ReLU keeps ``y`` and tests ``y > 0``, so ``1.1 y`` gives the same mask; the embedding
-keeps its table only for its shape, which is told apart by replacing the residual with noise).
+shape — ReLU keeping ``y`` (``residual="output"``) tests ``y > 0``, so ``1.1 y`` gives the same
+mask; the embedding keeps its table only for its shape, which is told apart by replacing the
+residual with noise).
 A survivor that is *not* equivalent is a hole in the checker.
 
 Killing a mutant runs exactly `funcbp.check.check_op`'s comparison — the op's sampler and a random

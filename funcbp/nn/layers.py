@@ -90,9 +90,11 @@ def _same_shape(key, input_shape, dtype):
     return input_shape, {}
 
 
-def Relu() -> Layer:
-    """Elementwise max(x, 0); no params."""
-    return op_layer("relu", ops.relu, _same_shape)
+def Relu(residual: str = "auto") -> Layer:
+    """Elementwise max(x, 0); no params. ``residual``: what the backward keeps (`funcbp.ops.relu`:
+    ``"auto"``, ``"bits"`` or ``"output"``)."""
+    static = {} if residual == "auto" else {"residual": residual}
+    return op_layer("relu", ops.relu, _same_shape, static=static)
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:

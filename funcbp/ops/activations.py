@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 
 from funcbp.ops import _sample
+from funcbp.ops._bits import pack_mask, unpack_mask
 from funcbp.ops._checks import require_float
 from funcbp.ops._op import Op, register
 
@@ -35,28 +36,65 @@ def _sample_away(key, dtype):
 
 
 # -- relu ----------------------------------------------------------------------------------
-def relu_reference(x):
-    """x: any shape -> same.  y = max(x, 0)."""
+RESIDUALS = ("auto", "bits", "output")
+BITS_MIN_SIZE = 1 << 20  # "auto" packs the mask from this many elements (benchmarks/RESULTS.md)
+
+
+def relu_reference(x, residual="auto"):
+    """x: any shape -> same.  y = max(x, 0).  ``residual`` (what the backward keeps) does not
+    change the value."""
     return jnp.maximum(x, 0)
 
 
-def relu_fwd(x):
-    """Keeps the output y: the next layer stores it as its input anyway, so it costs nothing."""
+def _packs(x, residual) -> bool:
+    return residual == "bits" or (residual == "auto" and x.size >= BITS_MIN_SIZE)
+
+
+def relu_fwd(x, residual="auto"):
+    """Keeps what ``1[x > 0]`` needs: ``"output"`` keeps y (y > 0 exactly where x > 0);
+    ``"bits"`` keeps the mask packed one bit an element (`funcbp.ops._bits`: n/8 bytes, and no
+    float array stays alive for the backward); ``"auto"`` packs from `BITS_MIN_SIZE` elements.
+
+    Keeping y looks free (the next layer keeps it as its input), but XLA re-fuses the test into
+    the backward as ``z + b > 0``, keeping the pre-activation z alive as well: one more
+    activation per layer. The packed bits cost an extra reduction in the forward, which pays
+    only for large activations (the size rule is measured; benchmarks/RESULTS.md).
+    """
     y = relu_reference(x)
+    if _packs(x, residual):
+        return y, (pack_mask(x > 0),)
     return y, (y,)
 
 
-def relu_bwd(res, g):
-    """dx = g · 1[x > 0], and y > 0 exactly where x > 0 (the gradient at 0 is taken as 0)."""
-    (y,) = res
-    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+def relu_bwd(res, g, residual="auto"):
+    """dx = g · 1[x > 0] (the gradient at 0 is taken as 0), the mask read from what fwd kept:
+    packed bits (uint8) or y."""
+    (kept,) = res
+    if kept.dtype == jnp.uint8:
+        mask = unpack_mask(kept, g.shape)
+    else:
+        mask = kept > 0
+    return (jnp.where(mask, g, jnp.zeros_like(g)),)
 
 
-def relu_jvp(primals, tangents):
+def relu_jvp(primals, tangents, residual="auto"):
     """dy = 1[x > 0] · dx: the slope is 1 on the positive side, 0 on the other (0 at the kink,
     as in the backward)."""
     (x,), (dx,) = primals, tangents
     return relu_reference(x), jnp.where(x > 0, dx, jnp.zeros_like(dx))
+
+
+def _validate_relu(x, residual="auto"):
+    require_float("relu", "x", x)
+    if residual not in RESIDUALS:
+        raise ValueError(
+            f"relu: residual must be one of {', '.join(map(repr, RESIDUALS))}, got {residual!r}"
+        )
+
+
+def _sample_relu(key, dtype):
+    (x,), _ = _sample_away(key, dtype)
+    return (x,), {"residual": str(_sample.rng(key).choice(RESIDUALS))}
 
 
 relu = register(
@@ -65,9 +103,9 @@ relu = register(
         relu_reference,
         relu_fwd,
         relu_bwd,
-        _sample_away,
+        _sample_relu,
         1,
-        _validate_x("relu"),
+        _validate_relu,
         jvp=relu_jvp,
     )
 )

@@ -43,9 +43,10 @@ def _softmax_without_subtracted_term(res, g, axis=-1):
     return (y * g,)  # forgot − y ⟨g, y⟩
 
 
-def _relu_wrong_side(res, g):
-    (y,) = res
-    return (jnp.where(y > 0, jnp.zeros_like(g), g),)
+def _relu_wrong_side(res, g, **static):
+    """The gradient passed where x <= 0 instead of x > 0 (whatever relu kept for its mask)."""
+    (right,) = relu.bwd(res, g, **static)
+    return (g - right,)
 
 
 def _sigmoid_off_by_1e6(res, g):

@@ -164,6 +164,14 @@ def test_cnn_whole_model_gradients(key):
     assert max(r.worst_rel for r in reports if r.dtype == "float64") < 1e-9
 
 
+def test_relu_layer_keeping_bits_checks_on_every_engine(key):
+    """nn.Relu("bits"): the packed mask through hand and explicit engines, against autodiff."""
+    model = nn.serial(nn.Dense(9), nn.Relu("bits"), nn.Dense(9), nn.Relu("output"), nn.Dense(3))
+    _model_check(model, (5,), jnp.array([0, 2, 1, 1, 2, 0]), key)
+    with pytest.raises(ValueError, match="relu: residual must be one of"):
+        _model_check(nn.serial(nn.Dense(3), nn.Relu("mask")), (5,), jnp.array([0, 2]), key)
+
+
 @pytest.mark.parametrize("cell", [nn.LSTM, nn.RNN])
 @pytest.mark.parametrize("sequences", [True, False])
 def test_recurrent_whole_model_gradients(cell, sequences, key):
