@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import math
 import os
 import platform
 import statistics
@@ -29,6 +30,7 @@ __all__ = [
     "Timing",
     "block",
     "interleaved",
+    "paired_ratio",
     "auto_inner",
     "compiled_stats",
     "matmul_peak",
@@ -102,6 +104,35 @@ def interleaved(
             variants[name]()
             samples[name].append((time.perf_counter() - t0) / per[name])
     return {n: Timing(s) for n, s in samples.items()}
+
+
+def paired_ratio(a: Timing, b: Timing, confidence: float = 0.95) -> dict[str, float]:
+    """The median of the per-round ratios ``a_i / b_i`` with a distribution-free interval.
+
+    `interleaved` runs every variant once per round, side by side, so round i's two samples
+    share the machine's state at that moment and their ratio cancels most slow drift of a
+    shared host. The interval is the sign test's for a median: order statistics
+    ``[r_(k), r_(n+1-k)]`` of the n sorted ratios, k the largest with P(Bin(n, 1/2) < k) ≤
+    (1 − confidence) / 2; with too few rounds it is the whole range (k = 1) and ``coverage``
+    (the interval's exact confidence) says how much less than asked it holds.
+    Returns ``{"median", "lo", "hi", "coverage", "n"}``.
+    """
+    r = sorted(x / y for x, y in zip(a.samples, b.samples, strict=True))
+    n = len(r)
+
+    def tail(k: int) -> float:  # P(Bin(n, 1/2) < k)
+        return sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and tail(k + 1) <= (1 - confidence) / 2:
+        k += 1
+    return {
+        "median": statistics.median(r),
+        "lo": r[k - 1],
+        "hi": r[n - k],
+        "coverage": 1 - 2 * tail(k),
+        "n": n,
+    }
 
 
 def auto_inner(

@@ -29,7 +29,15 @@ from typing import Any
 
 from benchmarks import models as M
 from benchmarks import scaling as S
-from benchmarks.common import Timing, auto_inner, interleaved, machine_info, matmul_peak, md_table
+from benchmarks.common import (
+    Timing,
+    auto_inner,
+    interleaved,
+    machine_info,
+    matmul_peak,
+    md_table,
+    paired_ratio,
+)
 
 __all__ = ["run_suite", "render_markdown", "targets", "wait_for_load", "main", "PARTS"]
 
@@ -151,7 +159,7 @@ def run_suite(
         res["floor"] = S.dispatch_floor(repeats)
         res["scaling"] = S.sweep(
             S.TINY if tiny else S.FULL,
-            repeats=max(3, min(repeats, 7)),
+            repeats=max(3, min(repeats, 15)),
             target_s=0.01 if tiny else 0.05,
         )
 
@@ -279,6 +287,7 @@ def targets(res) -> list[dict[str, Any]]:
                 "detail": ", ".join(f"{k} {h / max(a, 1):.2f}×" for k, (h, a) in mem.items()),
             }
         )
+    out += _sweep_targets(res.get("scaling"))
     peers = res.get("peers", {})
     if peers and peers.get("torch_available"):
         cmp = {}
@@ -338,6 +347,37 @@ def targets(res) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _sweep_targets(sc) -> list[dict[str, Any]]:
+    """Hand ≤ autodiff at every point of the MLP sweeps: temp memory (exact) and time (the
+    paired per-round ratio: a point is slower only if its whole 95% interval is above 1)."""
+    if not sc:
+        return []
+    points = [(f"{p['width']}×{p['batch']}", p["variants"]) for p in sc["width"] + sc["batch"]]
+    over = [
+        f"{k} {v['hand']['temp_bytes'] / v['autodiff']['temp_bytes']:.5f}×"
+        f" (+{v['hand']['temp_bytes'] - v['autodiff']['temp_bytes']} B)"
+        for k, v in points
+        if v["hand"]["temp_bytes"] > v["autodiff"]["temp_bytes"]
+    ]
+    ratios = {k: paired_ratio(v["hand"]["time"], v["autodiff"]["time"]) for k, v in points}
+    slower = [k for k, r in ratios.items() if r["lo"] > 1]
+    above = [k for k, r in ratios.items() if r["median"] > 1]
+    return [
+        {
+            "target": "MLP sweep: hand temp memory ≤ autodiff at every point",
+            "met": not over,
+            "detail": "over at " + ", ".join(over) if over else f"all {len(points)} points",
+        },
+        {
+            "target": "MLP sweep: hand/autodiff time ≤ 1.00 at every point (paired per round)",
+            "met": not above,
+            "detail": ", ".join(f"{k} {r['median']:.3f}" for k, r in ratios.items())
+            + f"; median > 1 at {len(above)}, significantly (95% interval above 1) at "
+            + (", ".join(slower) if slower else "none"),
+        },
+    ]
 
 
 # -- JSON and Markdown ---------------------------------------------------------------------
@@ -565,31 +605,16 @@ def render_markdown(res, *, command: str, notes: str = "") -> str:
         lines.append(f"Dispatch floor (jitted `x + 1`, one call): {_ms(floor)}.")
         lines.append("")
         for axis in ("width", "batch"):
-            rows = []
-            for pt in sc[axis]:
-                h, a = pt["variants"]["hand"], pt["variants"]["autodiff"]
-                lean = pt["variants"].get("lean")
-                rows.append(
-                    [
-                        pt["width"],
-                        pt["batch"],
-                        _ms(h["time"]),
-                        _ms(a["time"]),
-                        _ms(lean["time"]) if lean else "—",
-                        f"{h['time'].median / a['time'].median:.3f}",
-                        f"{lean['time'].median / h['time'].median:.3f}" if lean else "—",
-                        f"{h['time'].median / floor.median:.0f}",
-                        f"{_gflops(h):.1f}",
-                        f"{100 * _gflops(h) / peak:.1f}%",
-                    ]
-                )
+            rows = [_sweep_row(pt, floor, peak) for pt in sc[axis]]
             header = [
                 "width",
                 "batch",
                 "hand",
                 "autodiff",
                 "lean",
-                "hand/autodiff",
+                "hand/autodiff (medians)",
+                "paired per round (95% CI)",
+                "temp MiB hand / autodiff",
                 "lean/hand",
                 "hand ÷ floor",
                 "hand GFLOP/s",
@@ -607,6 +632,26 @@ def render_markdown(res, *, command: str, notes: str = "") -> str:
 
     lines += [NOTES_BEGIN, notes.strip(), NOTES_END, ""]
     return "\n".join(lines)
+
+
+def _sweep_row(pt: dict[str, Any], floor: Timing, peak: float) -> list[Any]:
+    h, a = pt["variants"]["hand"], pt["variants"]["autodiff"]
+    lean = pt["variants"].get("lean")
+    pr = paired_ratio(h["time"], a["time"])
+    return [
+        pt["width"],
+        pt["batch"],
+        _ms(h["time"]),
+        _ms(a["time"]),
+        _ms(lean["time"]) if lean else "—",
+        f"{h['time'].median / a['time'].median:.3f}",
+        f"{pr['median']:.3f} ({pr['lo']:.3f}–{pr['hi']:.3f})",
+        f"{h['temp_bytes'] / 2**20:.4f} / {a['temp_bytes'] / 2**20:.4f}",
+        f"{lean['time'].median / h['time'].median:.3f}" if lean else "—",
+        f"{h['time'].median / floor.median:.0f}",
+        f"{_gflops(h):.1f}",
+        f"{100 * _gflops(h) / peak:.1f}%",
+    ]
 
 
 def _flags_table(flags: dict[str, Any], peak: float) -> str:

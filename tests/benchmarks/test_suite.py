@@ -140,6 +140,20 @@ def test_interleaved_alternates_order():
     assert {k: len(t.samples) for k, t in times.items()} == {"A": 3, "B": 3, "C": 3}
 
 
+def test_paired_ratio_interval_is_the_sign_tests():
+    """Per-round ratios a_i / b_i; the interval is [r_(k), r_(n+1-k)] with the binomial k."""
+    ratios = [1.0 + 0.01 * i for i in range(15)]
+    b = common.Timing([2.0] * 15)
+    a = common.Timing([2.0 * r for r in reversed(ratios)])  # pairing is by round, not by sort
+    got = common.paired_ratio(a, b)
+    # n = 15: P(Bin(15, 1/2) < 4) = 576/32768 <= 0.025 < P(< 5), so k = 4: [r_4, r_12]
+    assert got["n"] == 15 and got["median"] == pytest.approx(1.07)
+    assert (got["lo"], got["hi"]) == pytest.approx((1.03, 1.11))
+    assert got["coverage"] == pytest.approx(1 - 2 * 576 / 32768)
+    few = common.paired_ratio(common.Timing([1.0, 3.0]), common.Timing([1.0, 1.0]))
+    assert (few["lo"], few["hi"], few["coverage"]) == (1.0, 3.0, 0.5)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_numpy_peer_gradients_match_autodiff(seed):
     gen = np.random.default_rng(seed)
