@@ -21,6 +21,7 @@ and a loop reference.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -119,6 +120,38 @@ def max_pool2d_reference(x, window=2, stride=2):
     return lax.reduce_window(x, init, lax.max, (1, wh, ww, 1), (1, sh, sw, 1), "VALID")
 
 
+@jax.custom_jvp
+def _max_argmax(patches):
+    """(max, first arg-max) over the last axis in ONE reduction pass -> two (...,) arrays.
+
+    A variadic reduce over (value, index) pairs, with the comparator of ``jnp.argmax``: the
+    candidate wins if it is larger or NaN (so NaN propagates, as ``max`` does), or equal with a
+    smaller index (the first maximum, row-major). ``jnp.max`` and ``jnp.argmax`` separately are
+    two passes over the patches (benchmarks/RESULTS.md, "CNN step"). JAX cannot differentiate
+    a reduce with a custom comparator, hence the JVP below (second-order checks run through it).
+    """
+    axis = patches.ndim - 1
+    index = lax.broadcasted_iota(jnp.int32, patches.shape, axis)
+
+    def pick(a, b):
+        (av, ai), (bv, bi) = a, b
+        take_b = (bv > av) | (bv != bv) & (av == av)
+        take_b = take_b | ((bv == av) | (bv != bv) & (av != av)) & (bi < ai)
+        return lax.select(take_b, bv, av), lax.select(take_b, bi, ai)
+
+    init = (np.array(-np.inf, patches.dtype), np.array(0, np.int32))
+    return lax.reduce((patches, index), init, pick, (axis,))
+
+
+@_max_argmax.defjvp
+def _max_argmax_jvp(primals, tangents):
+    """d max = the tangent at the arg-max (the first one on ties); the index has none."""
+    (patches,), (dpatches,) = primals, tangents
+    y, idx = _max_argmax(patches)
+    dy = jnp.take_along_axis(dpatches, idx[..., None], axis=-1)[..., 0]
+    return (y, idx), (dy, np.zeros(idx.shape, jax.dtypes.float0))
+
+
 def max_pool2d_fwd(x, window=2, stride=2):
     """Keeps, per output, the window index k = p·WW + q of its first maximum, plus X's (H, W) in
     an empty array. The backward needs only where each max was, not any value: int8 indices
@@ -129,9 +162,9 @@ def max_pool2d_fwd(x, window=2, stride=2):
     patches = jnp.stack(
         [_slice(x, p, q, out, stride) for p, q in _offsets(window)], axis=-1
     )  # (N, HO, WO, C, WH·WW)
-    y = jnp.max(patches, axis=-1)  # (N, HO, WO, C): max is exact, so y == the reference
+    y, idx = _max_argmax(patches)  # (N, HO, WO, C): max is exact, so y == the reference
     k = window[0] * window[1]
-    idx = jnp.argmax(patches, axis=-1).astype(jnp.int8 if k <= 127 else jnp.int32)
+    idx = idx.astype(jnp.int8 if k <= 127 else jnp.int32)
     return y, (idx, _size_token(x))
 
 
