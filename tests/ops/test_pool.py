@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 
 from funcbp import check
 from funcbp.ops import _sample
-from funcbp.ops.pool import avg_pool2d, avg_pool2d_fwd, max_pool2d, max_pool2d_fwd
+from funcbp.ops.pool import (
+    _max_argmax,
+    avg_pool2d,
+    avg_pool2d_fwd,
+    max_pool2d,
+    max_pool2d_fwd,
+)
 
 TOL = check.TOLERANCE
 FEW = settings(max_examples=max(2, settings.default.max_examples // 2))
@@ -192,6 +198,23 @@ def test_tie_rule_on_random_tie_heavy_inputs(cfg, seed):
     np.testing.assert_allclose(hand, _loop_grad("max_pool2d", x, cot, window, stride), 1e-12)
     # Whatever the tie rule, each window's cotangent is routed once: the totals agree.
     np.testing.assert_allclose(np.sum(hand), np.sum(np.asarray(cot)), rtol=1e-12, atol=1e-12)
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+@FEW
+def test_one_pass_max_and_argmax_are_jnps(seed):
+    """The forward's one variadic reduction == jnp.max and jnp.argmax, with ties, NaN and -inf,
+    and its JVP is the tangent at the first arg-max."""
+    gen = np.random.default_rng(seed)
+    p = gen.integers(-2, 3, (6, 5)).astype(np.float64)
+    p[gen.integers(6), gen.integers(5)] = np.nan
+    p[gen.integers(6)] = -np.inf
+    y, idx = jax.jit(_max_argmax)(jnp.asarray(p))
+    np.testing.assert_array_equal(y, jnp.max(p, -1))
+    np.testing.assert_array_equal(idx, jnp.argmax(p, -1))
+    t = gen.standard_normal(p.shape)
+    _, (dy, _) = jax.jvp(_max_argmax, (jnp.asarray(p),), (jnp.asarray(t),))
+    np.testing.assert_array_equal(dy, t[np.arange(6), np.asarray(idx)])
 
 
 # -- residuals, jit ---------------------------------------------------------------------------
