@@ -90,10 +90,11 @@ def _same_shape(key, input_shape, dtype):
     return input_shape, {}
 
 
-def Relu(residual: str = "auto") -> Layer:
+def Relu(residual: str = "output") -> Layer:
     """Elementwise max(x, 0); no params. ``residual``: what the backward keeps (`funcbp.ops.relu`:
-    ``"auto"``, ``"bits"`` or ``"output"``)."""
-    static = {} if residual == "auto" else {"residual": residual}
+    ``"output"`` when the next layer keeps y, ``"input"`` when the previous one keeps x, or
+    ``"bits"``)."""
+    static = {} if residual == "output" else {"residual": residual}
     return op_layer("relu", ops.relu, _same_shape, static=static)
 
 

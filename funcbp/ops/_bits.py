@@ -1,11 +1,10 @@
 """One bit per element: a boolean mask stored as packed ``uint8`` for a backward pass.
 
-A ReLU's backward needs only the sign pattern of its input. Kept as a float array (the output
-``y``, or the pre-activation that XLA reads instead when it re-fuses ``max(z + b, 0) > 0`` into the
-backward), that pattern costs 4 bytes an element (float32) and keeps a whole activation alive
-until the backward; packed, it costs 1/8 byte. The packing is a reduction, and XLA does not fuse
-a reduction into its consumer, so the backward reads the packed bytes and the float array can die
-after the forward.
+A ReLU's backward needs only the sign pattern of its input. Kept as a float array (x or y) that
+pattern costs 4 bytes an element (float32), which is free only when a neighbouring layer keeps
+the same array anyway; packed, it costs 1/8 byte. The packing is a reduction, and XLA does not
+fuse a reduction into its consumer, so the backward reads the packed bytes and no float array
+has to stay alive for it.
 
 Layout: the mask, flattened in row-major order and padded with ``False`` to ``8 m`` elements
 (``m = ceil(n / 8)``), is viewed as ``(8, m)``; byte ``j`` holds element ``k m + j`` in bit ``k``:

@@ -36,55 +36,52 @@ def _sample_away(key, dtype):
 
 
 # -- relu ----------------------------------------------------------------------------------
-RESIDUALS = ("auto", "bits", "output")
-BITS_MIN_SIZE = 1 << 20  # "auto" packs the mask from this many elements (benchmarks/RESULTS.md)
+RESIDUALS = ("output", "input", "bits")
 
 
-def relu_reference(x, residual="auto"):
+def relu_reference(x, residual="output"):
     """x: any shape -> same.  y = max(x, 0).  ``residual`` (what the backward keeps) does not
     change the value."""
     return jnp.maximum(x, 0)
 
 
-def _packs(x, residual) -> bool:
-    return residual == "bits" or (residual == "auto" and x.size >= BITS_MIN_SIZE)
+def relu_fwd(x, residual="output"):
+    """Keeps what the mask ``1[x > 0]`` needs; which array is cheapest depends on the neighbours:
 
-
-def relu_fwd(x, residual="auto"):
-    """Keeps what ``1[x > 0]`` needs: ``"output"`` keeps y (y > 0 exactly where x > 0);
-    ``"bits"`` keeps the mask packed one bit an element (`funcbp.ops._bits`: n/8 bytes, and no
-    float array stays alive for the backward); ``"auto"`` packs from `BITS_MIN_SIZE` elements.
-
-    Keeping y looks free (the next layer keeps it as its input), but XLA re-fuses the test into
-    the backward as ``z + b > 0``, keeping the pre-activation z alive as well: one more
-    activation per layer. The packed bits cost an extra reduction in the forward, which pays
-    only for large activations (the size rule is measured; benchmarks/RESULTS.md).
+    * ``"output"`` (default): y, since y > 0 exactly where x > 0. Free when the next layer keeps
+      y as its input anyway (a Dense). y is written as ``where(x <= 0, 0, x)``: written as
+      ``max(x, 0)``, XLA fuses the max into the backward's ``y > 0`` and reads the
+      pre-activation there instead, so that array stays alive too: one more activation per
+      layer in an MLP step (benchmarks/RESULTS.md, "ReLU's residual").
+    * ``"input"``: x. Free when the previous layer keeps x, or XLA can recompute it from what
+      that layer keeps (after a batch norm it fuses the normalisation into the mask).
+    * ``"bits"``: the mask packed one bit an element (`funcbp.ops._bits`, n/8 bytes), when
+      neither neighbour keeps x or y (before a max-pool or a dropout); one more reduction
+      kernel in the forward.
     """
+    if residual == "output":
+        y = jnp.where(x <= 0, jnp.zeros((), x.dtype), x)  # NaN stays NaN, as in max(x, 0)
+        return y, (y,)
     y = relu_reference(x)
-    if _packs(x, residual):
-        return y, (pack_mask(x > 0),)
-    return y, (y,)
+    return y, (pack_mask(x > 0) if residual == "bits" else x,)
 
 
-def relu_bwd(res, g, residual="auto"):
+def relu_bwd(res, g, residual="output"):
     """dx = g · 1[x > 0] (the gradient at 0 is taken as 0), the mask read from what fwd kept:
-    packed bits (uint8) or y."""
+    y or x (positive exactly where x is), or the packed bits."""
     (kept,) = res
-    if kept.dtype == jnp.uint8:
-        mask = unpack_mask(kept, g.shape)
-    else:
-        mask = kept > 0
+    mask = unpack_mask(kept, g.shape) if residual == "bits" else kept > 0
     return (jnp.where(mask, g, jnp.zeros_like(g)),)
 
 
-def relu_jvp(primals, tangents, residual="auto"):
+def relu_jvp(primals, tangents, residual="output"):
     """dy = 1[x > 0] · dx: the slope is 1 on the positive side, 0 on the other (0 at the kink,
     as in the backward)."""
     (x,), (dx,) = primals, tangents
     return relu_reference(x), jnp.where(x > 0, dx, jnp.zeros_like(dx))
 
 
-def _validate_relu(x, residual="auto"):
+def _validate_relu(x, residual="output"):
     require_float("relu", "x", x)
     if residual not in RESIDUALS:
         raise ValueError(

@@ -165,8 +165,16 @@ def test_cnn_whole_model_gradients(key):
 
 
 def test_relu_layer_keeping_bits_checks_on_every_engine(key):
-    """nn.Relu("bits"): the packed mask through hand and explicit engines, against autodiff."""
-    model = nn.serial(nn.Dense(9), nn.Relu("bits"), nn.Dense(9), nn.Relu("output"), nn.Dense(3))
+    """nn.Relu(residual) for every residual, through hand and explicit engines, vs autodiff."""
+    model = nn.serial(
+        nn.Dense(9),
+        nn.Relu("bits"),
+        nn.Dense(9),
+        nn.Relu("input"),
+        nn.Dense(9),
+        nn.Relu(),
+        nn.Dense(3),
+    )
     _model_check(model, (5,), jnp.array([0, 2, 1, 1, 2, 0]), key)
     with pytest.raises(ValueError, match="relu: residual must be one of"):
         _model_check(nn.serial(nn.Dense(3), nn.Relu("mask")), (5,), jnp.array([0, 2]), key)

@@ -82,38 +82,29 @@ def test_relu_gradient_at_zero_is_zero():
     )
 
 
-@given(seed=SEEDS, shape=SHAPES, residual=st.sampled_from(["auto", "bits", "output"]))
+@given(seed=SEEDS, shape=SHAPES, residual=st.sampled_from(["output", "input", "bits"]))
 def test_relu_residuals_give_the_same_gradient(seed, shape, residual):
-    """Whatever relu keeps for its mask (y, or one bit an element), dx = g · 1[x > 0] exactly,
-    under jit and vmap; the packed form keeps n/8 bytes."""
+    """Whatever relu keeps for its mask (y, x, or one bit an element), dx = g · 1[x > 0]
+    exactly, under jit and vmap; the forward is max(x, 0) in every form (NaN included)."""
     x, g = _draw(seed, (2, *shape))
-    x = x.at[..., :1].set(0.0)  # the kink: 1[0 > 0] = 0 in every form
+    x = x.at[..., :1].set(0.0).at[(1,) + (-1,) * len(shape)].set(jnp.nan)  # the kink; a NaN
     want = jnp.where(x > 0, g, 0.0)
     dx = jax.jit(lambda x, g: _grad(relu, x, g, residual=residual))(x, g)
     np.testing.assert_array_equal(dx, want)
     per_row = jax.vmap(lambda x, g: _grad(relu, x, g, residual=residual))(x, g)
     np.testing.assert_array_equal(per_row, want)
-    _, (kept,) = relu.fwd(x, residual=residual)
+    y, (kept,) = relu.fwd(x, residual=residual)
+    np.testing.assert_array_equal(y, jnp.maximum(x, 0))
     if residual == "bits":
         assert kept.dtype == jnp.uint8 and kept.shape == (-(-x.size // 8),)
-    else:  # "auto" keeps y below BITS_MIN_SIZE elements
-        np.testing.assert_array_equal(kept, relu(x))
-
-
-def test_relu_auto_packs_from_the_size_rule():
-    from funcbp.ops.activations import BITS_MIN_SIZE
-
-    def kept(n):
-        x = jax.ShapeDtypeStruct((n,), jnp.float32)
-        return jax.eval_shape(lambda x: relu.fwd(x)[1][0], x)
-
-    assert kept(BITS_MIN_SIZE - 1).dtype == jnp.float32
-    assert kept(BITS_MIN_SIZE).dtype == jnp.uint8
-    assert kept(BITS_MIN_SIZE).shape == (BITS_MIN_SIZE // 8,)
+    else:
+        np.testing.assert_array_equal(kept, y if residual == "output" else x)
 
 
 def test_relu_bad_residual():
-    with pytest.raises(ValueError, match=r"relu: residual must be one of 'auto', 'bits', 'output'"):
+    with pytest.raises(
+        ValueError, match=r"relu: residual must be one of 'output', 'input', 'bits'"
+    ):
         relu(jnp.ones((2,)), residual="mask")
 
 
