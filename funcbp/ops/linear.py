@@ -38,8 +38,9 @@ def linear_bwd(res, dy):
     Leading dims are flattened so dW is one GEMM whatever the batch rank. Both products are
     written as contractions (einsum) rather than with ``w.T``/``x.T``: a materialised transpose
     of W is a weight-sized temporary, which at small batch made the whole train step need one
-    weight matrix more than autodiff's (benchmarks/RESULTS.md, "MLP sweep"). dW and db are
-    sums over the batch: accumulated in float32 for half inputs (`funcbp.ops._precision`).
+    weight matrix more than autodiff's (benchmarks/RESULTS.md, "MLP sweep: the linear and
+    softmax-CE backward forms"). dW and db are sums over the batch: accumulated in float32 for
+    half inputs (`funcbp.ops._precision`).
     """
     x, w = res
     dx = jnp.einsum("...o,io->...i", dy, w)  # dY Wᵀ  (..., I)

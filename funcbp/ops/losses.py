@@ -115,7 +115,7 @@ def softmax_cross_entropy_bwd(res, g):
     has a NaN loss that does not depend on the logits: its d is 0, hence dz = 0 (as jax.grad of
     the reference gives). Written this way XLA keeps one activation buffer fewer in a whole
     MLP train step at large batch than with ``p − (iota == y)`` in one expression (the same
-    gradient; benchmarks/RESULTS.md, "MLP sweep").
+    gradient; benchmarks/RESULTS.md, "MLP sweep: the linear and softmax-CE backward forms").
     """
     logp, labels = res  # (..., C), (...) or (..., C)
     p = jnp.exp(logp)  # (..., C)

@@ -127,8 +127,9 @@ def _max_argmax(patches):
     A variadic reduce over (value, index) pairs, with the comparator of ``jnp.argmax``: the
     candidate wins if it is larger or NaN (so NaN propagates, as ``max`` does), or equal with a
     smaller index (the first maximum, row-major). ``jnp.max`` and ``jnp.argmax`` separately are
-    two passes over the patches (benchmarks/RESULTS.md, "CNN step"). JAX cannot differentiate
-    a reduce with a custom comparator, hence the JVP below (second-order checks run through it).
+    two passes over the patches (benchmarks/RESULTS.md, "CNN step: max_pool2d's forward in one
+    pass"). JAX cannot differentiate a reduce with a custom comparator, hence the JVP below
+    (second-order checks run through it).
     """
     axis = patches.ndim - 1
     index = lax.broadcasted_iota(jnp.int32, patches.shape, axis)
