@@ -14,6 +14,7 @@ import jax
 from funcbp import ops
 from funcbp.nn import init as initializers
 from funcbp.nn.core import Layer, leaf, op_layer
+from funcbp.ops.activations import check_residual
 
 __all__ = [
     "Dense",
@@ -94,8 +95,8 @@ def Relu(residual: str = "output") -> Layer:
     """Elementwise max(x, 0); no params. ``residual``: what the backward keeps (`funcbp.ops.relu`:
     ``"output"`` when the next layer keeps y, ``"input"`` when the previous one keeps x, or
     ``"bits"``)."""
-    static = {} if residual == "output" else {"residual": residual}
-    return op_layer("relu", ops.relu, _same_shape, static=static)
+    check_residual(residual)
+    return op_layer("relu", ops.relu, _same_shape, static={"residual": residual})
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:

@@ -28,11 +28,16 @@ def _validate_x(op):
     return validate
 
 
-def _sample_away(key, dtype):
-    """Random shape (0-3 dims), values away from 0 so kinks never sit between FD points."""
-    gen = _sample.rng(key)
+def _away(key, dtype, gen):
+    """Random shape (0-3 dims) from ``gen``, values away from 0 so kinks never sit between FD
+    points. Static options are drawn from the same ``gen`` afterwards, so they vary
+    independently of the shape (a fresh generator's first draw would repeat the shape's)."""
     shape = _sample.batch_shape(gen, max_dims=3, max_size=6)
-    return (_sample.away_from_zero(key, shape, dtype, 0.05, 3.0),), {}
+    return (_sample.away_from_zero(key, shape, dtype, 0.05, 3.0),)
+
+
+def _sample_away(key, dtype):
+    return _away(key, dtype, _sample.rng(key)), {}
 
 
 # -- relu ----------------------------------------------------------------------------------
@@ -81,17 +86,23 @@ def relu_jvp(primals, tangents, residual="output"):
     return relu_reference(x), jnp.where(x > 0, dx, jnp.zeros_like(dx))
 
 
-def _validate_relu(x, residual="output"):
-    require_float("relu", "x", x)
+def check_residual(residual) -> None:
+    """Raises ValueError naming relu unless ``residual`` is one of `RESIDUALS`."""
     if residual not in RESIDUALS:
         raise ValueError(
             f"relu: residual must be one of {', '.join(map(repr, RESIDUALS))}, got {residual!r}"
         )
 
 
+def _validate_relu(x, residual="output"):
+    require_float("relu", "x", x)
+    check_residual(residual)
+
+
 def _sample_relu(key, dtype):
-    (x,), _ = _sample_away(key, dtype)
-    return (x,), {"residual": str(_sample.rng(key).choice(RESIDUALS))}
+    gen = _sample.rng(key)
+    arrays = _away(key, dtype, gen)
+    return arrays, {"residual": str(gen.choice(RESIDUALS))}
 
 
 relu = register(
@@ -141,9 +152,9 @@ def _validate_leaky(x, negative_slope=0.01):
 
 
 def _sample_leaky(key, dtype):
-    (x,), _ = _sample_away(key, dtype)
-    slope = float(_sample.rng(key).choice([0.0, 0.01, 0.2, 0.5]))
-    return (x,), {"negative_slope": slope}
+    gen = _sample.rng(key)
+    arrays = _away(key, dtype, gen)
+    return arrays, {"negative_slope": float(gen.choice([0.0, 0.01, 0.2, 0.5]))}
 
 
 leaky_relu = register(

@@ -136,8 +136,10 @@ def _max_argmax(patches):
 
     def pick(a, b):
         (av, ai), (bv, bi) = a, b
-        take_b = (bv > av) | (bv != bv) & (av == av)
-        take_b = take_b | ((bv == av) | (bv != bv) & (av != av)) & (bi < ai)
+        b_nan, a_nan = bv != bv, av != av
+        better = (bv > av) | (b_nan & ~a_nan)  # larger, or the first NaN
+        tied = (bv == av) | (b_nan & a_nan)
+        take_b = better | (tied & (bi < ai))
         return lax.select(take_b, bv, av), lax.select(take_b, bi, ai)
 
     init = (np.array(-np.inf, patches.dtype), np.array(0, np.int32))
